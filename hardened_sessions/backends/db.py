@@ -1,0 +1,208 @@
+"""Session engine on the ORM: ``SESSION_ENGINE = "hardened_sessions.backends.db"``.
+
+Rows live in :class:`hardened_sessions.models.HardenedSession`, on the database
+the routers choose (``db_for_read`` for loads, ``db_for_write`` for the rest).
+
+* create: one ``INSERT``; a primary-key collision retries with a fresh key;
+* save: one ``UPDATE … WHERE key_hash = %s AND version = %s``; on a conflict the
+  base class re-reads the row in a transaction (``SELECT … FOR UPDATE`` where the
+  database has it; SQLite serialises through ``transaction_mode="IMMEDIATE"``)
+  and writes the merge;
+* errors of the database (unreachable, locked past its timeout) become
+  ``SessionStoreUnavailable``; a locked SQLite file is retried a few times first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone as dt_timezone
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
+
+from ..exceptions import SessionStoreUnavailable
+from ..record import Record
+from .base import HardenedSessionBase, Token
+
+__all__ = ["SessionStore"]
+
+logger = logging.getLogger("hardened_sessions")
+T = TypeVar("T")
+
+# A locked SQLite database (or a deadlock victim elsewhere) is retried this many
+# times, with these pauses, before the request is answered 503.
+_LOCK_RETRY_PAUSES = (0.05, 0.1, 0.2)
+
+
+def _is_transient(exc: DatabaseError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text or "deadlock" in text
+
+
+def _moment(ts: int) -> datetime:
+    if settings.USE_TZ:
+        return datetime.fromtimestamp(ts, tz=dt_timezone.utc)
+    return datetime.fromtimestamp(ts)
+
+
+class SessionStore(HardenedSessionBase):
+    def __init__(self, session_key: str | None = None) -> None:
+        super().__init__(session_key)
+
+    @classmethod
+    def get_model_class(cls) -> Any:
+        # Imported lazily so that importing the engine does not need the app registry.
+        from ..models import HardenedSession
+
+        return HardenedSession
+
+    @property
+    def model(self) -> Any:
+        return self.get_model_class()
+
+    def _db_read(self) -> str:
+        return router.db_for_read(self.model)  # type: ignore[no-any-return]
+
+    def _db_write(self) -> str:
+        return router.db_for_write(self.model)  # type: ignore[no-any-return]
+
+    def _run(self, alias: str, operation: Callable[[], T], what: str) -> T:
+        """Run one database operation, retrying a locked database within a bound."""
+        in_transaction = connections[alias].in_atomic_block
+        for pause in (*_LOCK_RETRY_PAUSES, None):
+            try:
+                if in_transaction:
+                    # Inside the caller's transaction: a savepoint keeps a failure here
+                    # from breaking the rest of it.
+                    with transaction.atomic(using=alias):
+                        return operation()
+                return operation()
+            except IntegrityError:
+                raise
+            except DatabaseError as exc:
+                if pause is not None and not in_transaction and _is_transient(exc):
+                    time.sleep(pause)
+                    continue
+                logger.warning("Session store %r failed to %s: %s", alias, what, exc)
+                raise SessionStoreUnavailable(
+                    f"The session database {alias!r} could not {what} "
+                    f"({exc.__class__.__name__})."
+                ) from exc
+        raise AssertionError("unreachable")
+
+    def _columns(self, data: memoryview, rec: Record) -> dict[str, Any]:
+        return {
+            "data": data,
+            "expire_date": _moment(rec.deadline),
+            "last_activity": _moment(rec.activity),
+            "user_id": self._user_id_of(rec.data),
+            "size": len(data),
+            "version": rec.version,
+        }
+
+    # -- primitives ------------------------------------------------------------
+
+    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
+        alias = self._db_read()
+        rows = self._run(
+            alias,
+            lambda: list(
+                self.model.objects.using(alias)
+                .filter(pk=store_key)
+                .values_list("data", "version")[:1]
+            ),
+            "read a session",
+        )
+        if not rows:
+            return None
+        data, version = rows[0]
+        return bytes(data) if isinstance(data, memoryview) else data, version
+
+    def _read_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
+        alias = self._db_write()
+        rows = self._run(
+            alias,
+            lambda: list(
+                self.model.objects.using(alias)
+                .select_for_update()
+                .filter(pk=store_key)
+                .values_list("data", "version")[:1]
+            ),
+            "read a session for update",
+        )
+        if not rows:
+            return None
+        data, version = rows[0]
+        return bytes(data) if isinstance(data, memoryview) else data, version
+
+    def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
+        alias = self._db_write()
+        columns = self._columns(data, rec)
+        row = self.model(key_hash=store_key, created=_moment(rec.created), **columns)
+
+        try:
+            self._run(
+                alias, lambda: row.save(using=alias, force_insert=True), "create a session"
+            )
+        except IntegrityError:
+            return None
+        return rec.version
+
+    def _write_update(
+        self, store_key: str, data: memoryview, rec: Record, token: Token
+    ) -> Token | None:
+        alias = self._db_write()
+        columns = self._columns(data, rec)
+        updated = self._run(
+            alias,
+            lambda: self.model.objects.using(alias)
+            .filter(pk=store_key, version=token)
+            .update(**columns),
+            "save a session",
+        )
+        return rec.version if updated else None
+
+    def _remove(self, store_key: str) -> bool:
+        alias = self._db_write()
+        deleted, _ = self._run(
+            alias,
+            lambda: self.model.objects.using(alias).filter(pk=store_key).delete(),
+            "delete a session",
+        )
+        return bool(deleted)
+
+    def _conflict_guard(self) -> AbstractContextManager[Any]:
+        return transaction.atomic(using=self._db_write())
+
+    # -- maintenance -----------------------------------------------------------
+
+    @classmethod
+    def clear_expired(cls, batch_size: int = 1000) -> int:
+        """Delete expired rows in batches; return how many were deleted."""
+        from django.utils import timezone
+
+        model = cls.get_model_class()
+        alias = router.db_for_write(model)
+        now = timezone.now()
+        total = 0
+        while True:
+            batch = list(
+                model.objects.using(alias)
+                .filter(expire_date__lt=now)
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if not batch:
+                return total
+            deleted, _ = model.objects.using(alias).filter(pk__in=batch).delete()
+            total += deleted

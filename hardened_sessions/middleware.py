@@ -1,0 +1,210 @@
+"""``HardenedSessionMiddleware``: Django's session middleware, failing closed.
+
+Use it in place of ``django.contrib.sessions.middleware.SessionMiddleware``
+(it is a subclass, so the admin's check admin.E410 is satisfied).
+
+What it adds to Django's behaviour:
+
+* a store failure met anywhere in the request (in the view, in another
+  middleware, during the save) answers **503** with ``Retry-After``, the cookie
+  left as it was; so does a key that cannot be drawn or a failed rotation
+  (which also expires the cookie);
+* a record over ``MAX_BYTES`` answers **400** and is logged on
+  ``django.security.SessionTooLarge``; a save of changed data into a session
+  ended meanwhile answers **400** (``SessionInterrupted``), while a mere
+  activity touch on such a session only expires the cookie;
+* with ``IDLE_TIMEOUT``, activity is recorded at most every ``TOUCH_INTERVAL``
+  (server side only: a touch sets no cookie);
+* cookie ``max-age`` stops at the absolute deadline; ``SameSite=None`` forces
+  ``Secure``; responses that set or delete the cookie become ``private``.
+
+The 400 and 503 bodies are plain text unless ``HARDENED_SESSIONS["FAILURE_VIEW"]``
+names a view ``view(request, status, reason)`` that renders them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import UpdateError
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.cache import cc_delim_re, patch_cache_control, patch_vary_headers
+from django.utils.http import http_date
+from django.utils.module_loading import import_string
+
+from .conf import get_config
+from .exceptions import (
+    HardenedSessionError,
+    SessionKeyUnavailable,
+    SessionRotationFailed,
+    SessionStoreUnavailable,
+    SessionTooLarge,
+)
+
+__all__ = ["RETRY_AFTER_SECONDS", "HardenedSessionMiddleware"]
+
+logger = logging.getLogger("hardened_sessions")
+RETRY_AFTER_SECONDS = 5
+
+REASON_UNAVAILABLE = "The session store is unavailable; please retry shortly."
+REASON_KEY = "No secure session key could be issued; please retry shortly."
+REASON_ROTATION = "The session could not be renewed; please sign in again shortly."
+REASON_TOO_LARGE = "The session grew larger than this site allows."
+REASON_INTERRUPTED = (
+    "The request's session was ended before the request completed "
+    "(a logout in another tab, for example)."
+)
+
+
+def _cookie_kwargs() -> dict[str, Any]:
+    samesite = settings.SESSION_COOKIE_SAMESITE
+    secure = bool(settings.SESSION_COOKIE_SECURE)
+    if isinstance(samesite, str) and samesite.lower() == "none":
+        # Browsers reject SameSite=None without Secure; never send that combination.
+        secure = True
+    return {
+        "domain": settings.SESSION_COOKIE_DOMAIN,
+        "path": settings.SESSION_COOKIE_PATH,
+        "secure": secure or None,
+        "httponly": settings.SESSION_COOKIE_HTTPONLY or None,
+        "samesite": samesite,
+    }
+
+
+def _mark_private(response: HttpResponseBase) -> None:
+    directives = {
+        d.split("=", 1)[0].strip().lower()
+        for d in cc_delim_re.split(response.get("Cache-Control", ""))
+        if d.strip()
+    }
+    if not directives & {"private", "no-store"}:
+        patch_cache_control(response, private=True)
+
+
+class HardenedSessionMiddleware(SessionMiddleware):
+    # -- failure answers -------------------------------------------------------
+
+    def failure_response(
+        self, request: HttpRequest, status: int, reason: str, *, expire_cookie: bool = False
+    ) -> HttpResponseBase:
+        view_path = get_config().failure_view
+        response: HttpResponseBase
+        if view_path:
+            response = import_string(view_path)(request, status, reason)
+            response.status_code = status
+        else:
+            response = HttpResponse(reason, status=status, content_type="text/plain; charset=utf-8")
+        if status == 503:
+            response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        patch_cache_control(response, no_store=True)
+        patch_vary_headers(response, ("Cookie",))
+        if expire_cookie:
+            self._delete_cookie(response)
+        response._hardened_session_answer = True  # type: ignore[attr-defined]
+        return response
+
+    def _answer(self, request: HttpRequest, exc: BaseException) -> HttpResponseBase | None:
+        if isinstance(exc, SessionTooLarge):
+            logging.getLogger("django.security.SessionTooLarge").warning(
+                "Session not saved: %s bytes over the limit of %s.", exc.size, exc.limit
+            )
+            return self.failure_response(request, 400, REASON_TOO_LARGE)
+        if isinstance(exc, SessionRotationFailed):
+            logger.error("Session rotation failed: %s", exc)
+            return self.failure_response(request, 503, REASON_ROTATION, expire_cookie=True)
+        if isinstance(exc, SessionKeyUnavailable):
+            logger.error("No session key could be issued: %s", exc)
+            return self.failure_response(request, 503, REASON_KEY)
+        if isinstance(exc, SessionStoreUnavailable):
+            logger.error("Session store unavailable: %s", exc)
+            return self.failure_response(request, 503, REASON_UNAVAILABLE)
+        if isinstance(exc, UpdateError):
+            logging.getLogger("django.security.SessionInterrupted").info(REASON_INTERRUPTED)
+            return self.failure_response(request, 400, REASON_INTERRUPTED)
+        return None
+
+    def _delete_cookie(self, response: HttpResponseBase) -> None:
+        kwargs = _cookie_kwargs()
+        response.delete_cookie(
+            settings.SESSION_COOKIE_NAME,
+            path=kwargs["path"],
+            domain=kwargs["domain"],
+            samesite=kwargs["samesite"],
+        )
+        _mark_private(response)
+
+    # -- middleware hooks ------------------------------------------------------
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
+        if isinstance(exception, HardenedSessionError | UpdateError):
+            return self._answer(request, exception)
+        return None
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        session = getattr(request, "session", None)
+        if session is None:
+            return response
+        if getattr(response, "_hardened_session_answer", False):
+            return response
+        if getattr(session, "rotation_failed", False):
+            return self._answer(request, SessionRotationFailed("rotation failed")) or response
+        failure = getattr(session, "store_failure", None)
+        if failure is not None:
+            # Whatever turned the failure into a response (another middleware, a
+            # handler), the answer is 503 and the cookie stays as it was.
+            return self._answer(request, failure) or response
+        try:
+            return self._save(request, response, session)
+        except (HardenedSessionError, UpdateError) as exc:
+            return self._answer(request, exc) or response
+
+    def _save(
+        self, request: HttpRequest, response: HttpResponseBase, session: Any
+    ) -> HttpResponseBase:
+        accessed = session.accessed
+        modified = session.modified
+        empty = session.is_empty()
+        cookie_name = settings.SESSION_COOKIE_NAME
+        need_vary = accessed
+        if cookie_name in request.COOKIES and empty:
+            self._delete_cookie(response)
+            need_vary = True
+        elif (modified or settings.SESSION_SAVE_EVERY_REQUEST) and not empty:
+            if response.status_code < 500:
+                session.save()
+                if session.get_expire_at_browser_close():
+                    max_age = None
+                    expires = None
+                else:
+                    max_age = session.cookie_max_age()
+                    expires = http_date(time.time() + max_age)
+                response.set_cookie(
+                    cookie_name,
+                    session.session_key,
+                    max_age=max_age,
+                    expires=expires,
+                    **_cookie_kwargs(),
+                )
+                _mark_private(response)
+                need_vary = True
+        elif response.status_code < 500 and getattr(session, "needs_touch", None) and (
+            session.needs_touch()
+        ):
+            try:
+                session.touch()
+            except UpdateError:
+                # Only activity was being recorded, and the session is gone: let the
+                # browser forget the cookie, without failing the request.
+                self._delete_cookie(response)
+                need_vary = True
+        if need_vary:
+            patch_vary_headers(response, ("Cookie",))
+        return response

@@ -1,0 +1,227 @@
+"""The session record: one versioned, signed envelope shared by every engine.
+
+Layout (bytes)::
+
+    hs1:<payload JSON>.<signature>
+
+* ``payload`` is UTF-8 JSON: ``{"n": version, "c": created, "a": last activity,
+  "e": expiry, "i": idle deadline, "x": absolute deadline, "d": session dict}``,
+  times in whole seconds since the epoch, ``i``/``x`` null when not configured.
+* ``signature`` is 43 characters of unpadded URL-safe base64 of an HMAC-SHA256
+  keyed from ``SECRET_KEY`` through :func:`django.utils.crypto.salted_hmac`,
+  computed over the store key *and* the raw payload bytes: a record copied
+  under another session's store key does not verify. Verification also tries
+  ``SECRET_KEY_FALLBACKS``.
+
+JSON only: no pickle, no compression (so no decompression bomb), no base64 of
+the payload. Loading checks the size bound before anything else, then the
+signature, and only then parses; nesting deeper than :data:`MAX_DEPTH`,
+integers longer than Python's digit limit, ``NaN``/``Infinity`` and wrong types
+make the record corrupt (:class:`CorruptRecord`), never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils.crypto import salted_hmac
+
+from .buffers import RecordBuffer
+from .conf import signing_secrets
+from .exceptions import SessionTooLarge
+
+__all__ = [
+    "MAX_DEPTH",
+    "PREFIX",
+    "CorruptRecord",
+    "Record",
+    "decode",
+    "encode",
+    "encode_data",
+]
+
+PREFIX = b"hs1:"
+_SEPARATOR = b"."
+_SIG_LEN = 43  # unpadded base64 of 32 bytes
+_OVERHEAD = len(PREFIX) + len(_SEPARATOR) + _SIG_LEN
+_SALT = "hardened_sessions.record.hs1"
+MAX_DEPTH = 64
+_FIELDS = frozenset(("n", "c", "a", "e", "i", "x", "d"))
+
+
+class CorruptRecord(ValueError):
+    """A stored record that must be treated as no session; ``reason`` says why (for logs)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(slots=True)
+class Record:
+    data: dict[str, Any]
+    version: int
+    created: int
+    activity: int
+    expiry: int
+    idle_deadline: int | None = None
+    absolute_deadline: int | None = None
+    # The payload JSON this record was decoded from or encoded to, kept so that a
+    # version conflict can tell what the request changed without a deep copy.
+    payload: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def deadline(self) -> int:
+        """The earliest of the record's deadlines: the moment it stops being a session."""
+        deadline = self.expiry
+        if self.idle_deadline is not None and self.idle_deadline < deadline:
+            deadline = self.idle_deadline
+        if self.absolute_deadline is not None and self.absolute_deadline < deadline:
+            deadline = self.absolute_deadline
+        return deadline
+
+    def expired(self, now: float) -> bool:
+        return now >= self.deadline
+
+
+def _reject_constant(name: str) -> Any:
+    raise CorruptRecord(f"non-finite number {name}")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise CorruptRecord("non-finite number")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_float=_parse_float, parse_constant=_reject_constant)
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+    return False
+
+
+def _may_be_too_deep(payload: bytes) -> bool:
+    # Cheap, conservative pre-check: fewer opening brackets than the limit (brackets in
+    # strings included) cannot nest past it, which spares the walk for typical sessions.
+    return payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
+
+
+def encode_data(record: Record) -> bytes:
+    """The payload JSON of ``record`` (raises ``TypeError``/``ValueError`` for data JSON can't hold)."""
+    payload = {
+        "n": record.version,
+        "c": record.created,
+        "a": record.activity,
+        "e": record.expiry,
+        "i": record.idle_deadline,
+        "x": record.absolute_deadline,
+        "d": record.data,
+    }
+    try:
+        body = _encoder.encode(payload).encode("utf-8")
+    except RecursionError:
+        raise ValueError("The session data is nested too deeply to be stored.") from None
+    if _may_be_too_deep(body) and _depth_exceeds(record.data, MAX_DEPTH - 1):
+        raise ValueError(f"The session data is nested deeper than {MAX_DEPTH - 1} levels.")
+    return body
+
+
+def _signature(store_key: str, payload: bytes | memoryview, secret: str | bytes) -> bytes:
+    mac = salted_hmac(_SALT, store_key, secret=secret, algorithm="sha256")
+    mac.update(b"\n")
+    mac.update(payload)
+    return base64.urlsafe_b64encode(mac.digest())[:_SIG_LEN]
+
+
+def encode(record: Record, store_key: str, buf: RecordBuffer, max_bytes: int) -> int:
+    """Encode and sign ``record`` into ``buf``; return the record's size in bytes.
+
+    The size bound is checked on the exact bytes that will be stored, before the
+    signature is even computed; ``SessionTooLarge`` leaves ``buf`` empty.
+    """
+    body = encode_data(record)
+    size = len(body) + _OVERHEAD
+    if size > max_bytes:
+        raise SessionTooLarge(size, max_bytes)
+    record.payload = body
+    buf.write(PREFIX)
+    buf.write(body)
+    buf.write(_SEPARATOR)
+    buf.write(_signature(store_key, body, signing_secrets()[0]))
+    return size
+
+
+def _int(payload: dict[str, Any], name: str, *, nullable: bool = False) -> Any:
+    value = payload[name]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CorruptRecord(f"field {name!r} is not a non-negative integer")
+    return value
+
+
+def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) -> Record:
+    """Verify and parse a stored record, or raise :class:`CorruptRecord`."""
+    size = len(raw)
+    if size > max_bytes:
+        raise CorruptRecord(f"stored record of {size} bytes is over MAX_BYTES ({max_bytes})")
+    if size < _OVERHEAD + 2:
+        raise CorruptRecord("stored record is too short")
+    view = memoryview(raw)
+    if view[: len(PREFIX)] != PREFIX or view[-_SIG_LEN - 1 : -_SIG_LEN] != _SEPARATOR:
+        raise CorruptRecord("not an hs1 record")
+    body = view[len(PREFIX) : -_SIG_LEN - 1]
+    signature = view[-_SIG_LEN:]
+    if not any(
+        hmac.compare_digest(_signature(store_key, body, secret), signature)
+        for secret in signing_secrets()
+    ):
+        raise CorruptRecord("bad signature")
+    payload_bytes = body.tobytes()
+    try:
+        payload = _decoder.decode(payload_bytes.decode("utf-8"))
+    except CorruptRecord:
+        raise
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise CorruptRecord(f"payload is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.keys() != _FIELDS:
+        raise CorruptRecord("payload does not have the hs1 fields")
+    data = payload["d"]
+    if not isinstance(data, dict):
+        raise CorruptRecord("session data is not an object")
+    if _may_be_too_deep(payload_bytes) and _depth_exceeds(data, MAX_DEPTH - 1):
+        raise CorruptRecord(f"session data nests deeper than {MAX_DEPTH - 1} levels")
+    return Record(
+        data=data,
+        version=_int(payload, "n"),
+        created=_int(payload, "c"),
+        activity=_int(payload, "a"),
+        expiry=_int(payload, "e"),
+        idle_deadline=_int(payload, "i", nullable=True),
+        absolute_deadline=_int(payload, "x", nullable=True),
+        payload=payload_bytes,
+    )
+
+
+def decode_payload_data(payload: bytes) -> dict[str, Any]:
+    """The session dict of a payload this process encoded or verified earlier."""
+    data = _decoder.decode(payload.decode("utf-8"))["d"]
+    assert isinstance(data, dict)
+    return data
