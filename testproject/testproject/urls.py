@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import path
+
+from demo import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("grow/", views.grow, name="grow"),
+    path("cookie/", views.cookie, name="cookie"),
+    path("accounts/login/", views.DemoLoginView.as_view(), name="login"),
+    path("accounts/logout/", views.DemoLogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]
