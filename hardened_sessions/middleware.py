@@ -25,6 +25,7 @@ names a view ``view(request, status, reason)`` that renders them.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from django.utils.cache import cc_delim_re, patch_cache_control, patch_vary_headers
+from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import http_date
 from django.utils.module_loading import import_string
 
@@ -49,6 +50,8 @@ __all__ = ["RETRY_AFTER_SECONDS", "HardenedSessionMiddleware"]
 
 logger = logging.getLogger("hardened_sessions")
 RETRY_AFTER_SECONDS = 5
+
+_CC_DELIMITER = re.compile(r"\s*,\s*")
 
 REASON_UNAVAILABLE = "The session store is unavailable; please retry shortly."
 REASON_KEY = "No secure session key could be issued; please retry shortly."
@@ -78,7 +81,7 @@ def _cookie_kwargs() -> dict[str, Any]:
 def _mark_private(response: HttpResponseBase) -> None:
     directives = {
         d.split("=", 1)[0].strip().lower()
-        for d in cc_delim_re.split(response.get("Cache-Control", ""))
+        for d in _CC_DELIMITER.split(response.get("Cache-Control", ""))
         if d.strip()
     }
     if not directives & {"private", "no-store"}:
@@ -146,7 +149,7 @@ class HardenedSessionMiddleware(SessionMiddleware):
             return self._answer(request, exception)
         return None
 
-    def process_response(
+    def process_response(  # type: ignore[override]
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
         session = getattr(request, "session", None)
@@ -195,8 +198,10 @@ class HardenedSessionMiddleware(SessionMiddleware):
                 )
                 _mark_private(response)
                 need_vary = True
-        elif response.status_code < 500 and getattr(session, "needs_touch", None) and (
-            session.needs_touch()
+        elif (
+            response.status_code < 500
+            and getattr(session, "needs_touch", None)
+            and (session.needs_touch())
         ):
             try:
                 session.touch()

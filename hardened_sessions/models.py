@@ -31,7 +31,10 @@ class HardenedSession(models.Model):
     expire_date = models.DateTimeField(_("expires"), db_index=True)
     created = models.DateTimeField(_("created"))
     last_activity = models.DateTimeField(_("last activity"))
-    user_id = models.CharField(_("user id"), max_length=255, null=True, blank=True, db_index=True)
+    # NULL, not "", for "no user": the pk of a user may be any string, even an empty one.
+    user_id = models.CharField(  # noqa: DJ001
+        _("user id"), max_length=255, null=True, blank=True, db_index=True
+    )
     size = models.PositiveIntegerField(_("size in bytes"))
     version = models.PositiveBigIntegerField(_("version"))
 

@@ -43,6 +43,8 @@ __all__ = [
     "decode",
     "encode",
     "encode_data",
+    "peek_version",
+    "version_head",
 ]
 
 PREFIX = b"hs1:"
@@ -111,7 +113,9 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
         if depth > limit:
             return True
         if isinstance(node, dict):
-            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
+            stack.extend(
+                (child, depth + 1) for child in node.values() if isinstance(child, (dict, list))
+            )
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
     return False
@@ -225,3 +229,26 @@ def decode_payload_data(payload: bytes) -> dict[str, Any]:
     data = _decoder.decode(payload.decode("utf-8"))["d"]
     assert isinstance(data, dict)
     return data
+
+
+_VERSION_HEAD = PREFIX + b'{"n":'
+
+
+def peek_version(raw: bytes | bytearray | memoryview) -> int | None:
+    """The version number at the head of a record, read without verifying it.
+
+    Stores use it as a compare-and-set token only; what the record says is
+    trusted after :func:`decode`, never from here.
+    """
+    head = bytes(raw[: len(_VERSION_HEAD) + 21])
+    if not head.startswith(_VERSION_HEAD):
+        return None
+    digits = head[len(_VERSION_HEAD) :].split(b",", 1)[0]
+    if not digits.isdigit() or len(digits) > 20:
+        return None
+    return int(digits)
+
+
+def version_head(version: int) -> bytes:
+    """The exact bytes a record of ``version`` starts with."""
+    return _VERSION_HEAD + str(version).encode("ascii") + b","

@@ -84,6 +84,7 @@ class HardenedSessionBase(SessionBase):
     """
 
     pool: BufferPool = default_pool
+    _session_cache: dict[str, Any]
 
     def __init__(self, session_key: str | None = None) -> None:
         self._lock = threading.RLock()
@@ -165,9 +166,7 @@ class HardenedSessionBase(SessionBase):
             sender=type(self), key_hash_prefix=hash_prefix(store_key), reason=reason
         )
 
-    def _fresh_record(
-        self, data: dict[str, Any], now: float, *, base: Record | None
-    ) -> Record:
+    def _fresh_record(self, data: dict[str, Any], now: float, *, base: Record | None) -> Record:
         config = self.config
         now_s = int(now)
         created = base.created if base is not None else now_s
@@ -190,7 +189,7 @@ class HardenedSessionBase(SessionBase):
         self.accessed = True
         with self._lock:
             try:
-                return self._session_cache  # type: ignore[no-any-return]
+                return self._session_cache
             except AttributeError:
                 if self.session_key is None or no_load:
                     self._session_cache = {}
@@ -199,7 +198,7 @@ class HardenedSessionBase(SessionBase):
         with self._lock:
             try:
                 # Another thread finished loading first: keep its dict.
-                return self._session_cache  # type: ignore[no-any-return]
+                return self._session_cache
             except AttributeError:
                 self._session_cache = data
                 return data
@@ -208,7 +207,7 @@ class HardenedSessionBase(SessionBase):
         self.accessed = True
         with self._lock:
             try:
-                return self._session_cache  # type: ignore[no-any-return]
+                return self._session_cache
             except AttributeError:
                 if self.session_key is None or no_load:
                     self._session_cache = {}
@@ -216,14 +215,14 @@ class HardenedSessionBase(SessionBase):
         data = await self.aload()
         with self._lock:
             try:
-                return self._session_cache  # type: ignore[no-any-return]
+                return self._session_cache
             except AttributeError:
                 self._session_cache = data
                 return data
 
     _session = property(_get_session)
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: object) -> bool:
         session = self._session
         with self._lock:
             return key in session
@@ -258,7 +257,7 @@ class HardenedSessionBase(SessionBase):
                 return session.pop(key)
             return session.pop(key, default)
 
-    def setdefault(self, key: str, value: Any) -> Any:
+    def setdefault(self, key: str, value: Any) -> Any:  # type: ignore[override]
         session = self._session
         with self._lock:
             if key in session:
@@ -267,7 +266,7 @@ class HardenedSessionBase(SessionBase):
             self.modified = True
             return value
 
-    def update(self, dict_: Any) -> None:
+    def update(self, dict_: Any) -> None:  # type: ignore[override]
         session = self._session
         with self._lock:
             session.update(dict_)
@@ -300,7 +299,7 @@ class HardenedSessionBase(SessionBase):
 
     def is_empty(self) -> bool:
         with self._lock:
-            return super().is_empty()  # type: ignore[no-any-return]
+            return super().is_empty()
 
     async def aset(self, key: str, value: Any) -> None:
         session = await self._aget_session()
@@ -396,7 +395,11 @@ class HardenedSessionBase(SessionBase):
             self._record = rec
             self._token = token
             self._cleared = False
+        self._loaded(store_key, raw, rec)
         return rec.data
+
+    def _loaded(self, store_key: str, raw: bytes, rec: Record) -> None:
+        """Hook: a record was read and accepted (the cached_db engine fills its cache)."""
 
     def _discard(self, store_key: str) -> None:
         """Best-effort delete of a dead record (the store also expires it)."""
@@ -541,9 +544,7 @@ class HardenedSessionBase(SessionBase):
             f"gave up after {config.key_attempts} attempts."
         )
 
-    def _decode_live(
-        self, store_key: str, found: tuple[bytes, Token] | None
-    ) -> Record | None:
+    def _decode_live(self, store_key: str, found: tuple[bytes, Token] | None) -> Record | None:
         if found is None:
             return None
         try:

@@ -18,14 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import (
     DatabaseError,
     IntegrityError,
-    OperationalError,
     connections,
     router,
     transaction,
@@ -52,7 +51,7 @@ def _is_transient(exc: DatabaseError) -> bool:
 
 def _moment(ts: int) -> datetime:
     if settings.USE_TZ:
-        return datetime.fromtimestamp(ts, tz=dt_timezone.utc)
+        return datetime.fromtimestamp(ts, tz=UTC)
     return datetime.fromtimestamp(ts)
 
 
@@ -72,10 +71,10 @@ class SessionStore(HardenedSessionBase):
         return self.get_model_class()
 
     def _db_read(self) -> str:
-        return router.db_for_read(self.model)  # type: ignore[no-any-return]
+        return router.db_for_read(self.model)
 
     def _db_write(self) -> str:
-        return router.db_for_write(self.model)  # type: ignore[no-any-return]
+        return router.db_for_write(self.model)
 
     def _run(self, alias: str, operation: Callable[[], T], what: str) -> T:
         """Run one database operation, retrying a locked database within a bound."""
@@ -96,8 +95,7 @@ class SessionStore(HardenedSessionBase):
                     continue
                 logger.warning("Session store %r failed to %s: %s", alias, what, exc)
                 raise SessionStoreUnavailable(
-                    f"The session database {alias!r} could not {what} "
-                    f"({exc.__class__.__name__})."
+                    f"The session database {alias!r} could not {what} ({exc.__class__.__name__})."
                 ) from exc
         raise AssertionError("unreachable")
 
@@ -152,9 +150,7 @@ class SessionStore(HardenedSessionBase):
         row = self.model(key_hash=store_key, created=_moment(rec.created), **columns)
 
         try:
-            self._run(
-                alias, lambda: row.save(using=alias, force_insert=True), "create a session"
-            )
+            self._run(alias, lambda: row.save(using=alias, force_insert=True), "create a session")
         except IntegrityError:
             return None
         return rec.version
@@ -166,9 +162,11 @@ class SessionStore(HardenedSessionBase):
         columns = self._columns(data, rec)
         updated = self._run(
             alias,
-            lambda: self.model.objects.using(alias)
-            .filter(pk=store_key, version=token)
-            .update(**columns),
+            lambda: (
+                self.model.objects.using(alias)
+                .filter(pk=store_key, version=token)
+                .update(**columns)
+            ),
             "save a session",
         )
         return rec.version if updated else None
@@ -188,8 +186,13 @@ class SessionStore(HardenedSessionBase):
     # -- maintenance -----------------------------------------------------------
 
     @classmethod
-    def clear_expired(cls, batch_size: int = 1000) -> int:
-        """Delete expired rows in batches; return how many were deleted."""
+    def clear_expired(cls) -> None:
+        """Delete expired rows (Django's ``clearsessions`` calls this)."""
+        cls.delete_expired()
+
+    @classmethod
+    def delete_expired(cls, batch_size: int = 1000) -> int:
+        """Delete expired rows in batches of ``batch_size``; return how many were deleted."""
         from django.utils import timezone
 
         model = cls.get_model_class()

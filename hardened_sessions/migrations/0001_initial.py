@@ -6,30 +6,55 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='HardenedSession',
+            name="HardenedSession",
             fields=[
-                ('key_hash', models.CharField(help_text='SHA-256 of the session key; the key itself is never stored.', max_length=64, primary_key=True, serialize=False, verbose_name='key hash')),
-                ('data', models.BinaryField(verbose_name='signed record')),
-                ('expire_date', models.DateTimeField(db_index=True, verbose_name='expires')),
-                ('created', models.DateTimeField(verbose_name='created')),
-                ('last_activity', models.DateTimeField(verbose_name='last activity')),
-                ('user_id', models.CharField(blank=True, db_index=True, max_length=255, null=True, verbose_name='user id')),
-                ('size', models.PositiveIntegerField(verbose_name='size in bytes')),
-                ('version', models.PositiveBigIntegerField(verbose_name='version')),
+                (
+                    "key_hash",
+                    models.CharField(
+                        help_text="SHA-256 of the session key; the key itself is never stored.",
+                        max_length=64,
+                        primary_key=True,
+                        serialize=False,
+                        verbose_name="key hash",
+                    ),
+                ),
+                ("data", models.BinaryField(verbose_name="signed record")),
+                ("expire_date", models.DateTimeField(db_index=True, verbose_name="expires")),
+                ("created", models.DateTimeField(verbose_name="created")),
+                ("last_activity", models.DateTimeField(verbose_name="last activity")),
+                (
+                    "user_id",
+                    models.CharField(
+                        blank=True, db_index=True, max_length=255, null=True, verbose_name="user id"
+                    ),
+                ),
+                ("size", models.PositiveIntegerField(verbose_name="size in bytes")),
+                ("version", models.PositiveBigIntegerField(verbose_name="version")),
             ],
             options={
-                'verbose_name': 'session',
-                'verbose_name_plural': 'sessions',
-                'db_table': 'hardened_sessions_session',
-                'constraints': [models.CheckConstraint(condition=django.db.models.lookups.Exact(django.db.models.functions.text.Length('key_hash'), 64), name='hardened_session_key_hash_len'), models.CheckConstraint(condition=models.Q(('size__gte', 1)), name='hardened_session_size'), models.CheckConstraint(condition=models.Q(('version__gte', 1)), name='hardened_session_version')],
+                "verbose_name": "session",
+                "verbose_name_plural": "sessions",
+                "db_table": "hardened_sessions_session",
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=django.db.models.lookups.Exact(
+                            django.db.models.functions.text.Length("key_hash"), 64
+                        ),
+                        name="hardened_session_key_hash_len",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("size__gte", 1)), name="hardened_session_size"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("version__gte", 1)), name="hardened_session_version"
+                    ),
+                ],
             },
         ),
     ]

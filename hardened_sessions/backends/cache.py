@@ -1,0 +1,56 @@
+"""Session engine on a cache: ``SESSION_ENGINE = "hardened_sessions.backends.cache"``.
+
+The cache named by ``SESSION_CACHE_ALIAS`` must be Redis (django-redis,
+Django's ``RedisCache`` or :class:`hardened_sessions.cache.RedisClusterCache`),
+memcached (``PyMemcacheCache``) or ``LocMemCache``; the engine talks to it through
+a raw byte store (:mod:`hardened_sessions.stores`), never through the cache's
+pickling serializer.
+
+One round trip per operation: a load is one GET, a create one ``SET NX`` /
+``add``, a save one compare-and-set (a Redis script / memcached ``cas``), a
+delete one DEL. Entries expire with the record's earliest deadline; the record's
+own deadlines are checked again on every load.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+
+from ..record import Record
+from ..stores import ByteStore, store_for_cache
+from .base import HardenedSessionBase, Token
+
+__all__ = ["SessionStore"]
+
+
+def ttl_for(rec: Record) -> int:
+    """Seconds until the record's earliest deadline (at least 1)."""
+    return max(1, rec.deadline - int(time.time()))
+
+
+class SessionStore(HardenedSessionBase):
+    def __init__(self, session_key: str | None = None) -> None:
+        self._store: ByteStore = store_for_cache(settings.SESSION_CACHE_ALIAS)
+        super().__init__(session_key)
+
+    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
+        return self._store.get(store_key)
+
+    def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
+        return self._store.add(store_key, data, ttl_for(rec), rec.version)
+
+    def _write_update(
+        self, store_key: str, data: memoryview, rec: Record, token: Token
+    ) -> Token | None:
+        return self._store.cas(store_key, data, ttl_for(rec), token, rec.version)
+
+    def _remove(self, store_key: str) -> bool:
+        return self._store.delete(store_key)
+
+    @classmethod
+    def clear_expired(cls) -> Any:
+        """Nothing to do: the cache expires entries itself (at the records' deadlines)."""
+        return None

@@ -1,0 +1,77 @@
+"""Write-through cache over the DB engine: ``hardened_sessions.backends.cached_db``.
+
+The database is the truth; the cache (``SESSION_CACHE_ALIAS``, served as in
+:mod:`hardened_sessions.backends.cache`) holds copies of the same signed
+records, and every copy is checked like the original on load.
+
+* load: the cache first; on a miss, the database, and the record it returns
+  is added to the cache (``add``: never over a newer copy);
+* save: the version-checked ``UPDATE`` in the database, then the cached copy is
+  replaced if it holds the version this save started from; otherwise it is
+  deleted (the next load fills it). If the cache fails there, the save
+  reports ``SessionStoreUnavailable``: a stale copy must not outlive it;
+* delete: cache delete (abort with ``SessionStoreUnavailable`` if it fails),
+  then the row, then the cache again: never a success while a cached copy
+  still loads. (Stock Django deletes the row first and ignores a failing cache
+  delete, so a logged-out session keeps loading from the cache.)
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from ..exceptions import SessionStoreUnavailable
+from ..record import Record, peek_version
+from ..stores import ByteStore, store_for_cache
+from .base import Token, hash_prefix, logger
+from .cache import ttl_for
+from .db import SessionStore as DBStore
+
+__all__ = ["SessionStore"]
+
+
+class SessionStore(DBStore):
+    def __init__(self, session_key: str | None = None) -> None:
+        self._cache: ByteStore = store_for_cache(settings.SESSION_CACHE_ALIAS)
+        self._fill_cache = False
+        super().__init__(session_key)
+
+    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
+        cached = self._cache.get(store_key)
+        if cached is not None:
+            # The database's token is the record's version, which the copy carries.
+            self._fill_cache = False
+            return cached[0], peek_version(cached[0])
+        self._fill_cache = True
+        return super()._read(store_key)
+
+    def _loaded(self, store_key: str, raw: bytes, rec: Record) -> None:
+        if not self._fill_cache:
+            return
+        self._fill_cache = False
+        try:
+            self._cache.add(store_key, memoryview(raw), ttl_for(rec), rec.version)
+        except SessionStoreUnavailable:
+            # The database answered; the copy is only an optimisation.
+            logger.info("Could not cache session %s….", hash_prefix(store_key))
+
+    def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
+        token = super()._write_new(store_key, data, rec)
+        if token is not None:
+            self._cache.delete(store_key)  # a stale copy under a reused key hash: none
+        return token
+
+    def _write_update(
+        self, store_key: str, data: memoryview, rec: Record, token: Token
+    ) -> Token | None:
+        new_token = super()._write_update(store_key, data, rec, token)
+        if new_token is not None and not self._cache.replace(store_key, data, ttl_for(rec), token):
+            # The copy was absent or at another version: drop it, the next load refills.
+            self._cache.delete(store_key)
+        return new_token
+
+    def _remove(self, store_key: str) -> bool:
+        self._cache.delete(store_key)  # raises SessionStoreUnavailable: nothing changed yet
+        existed = super()._remove(store_key)
+        self._cache.delete(store_key)  # a copy a concurrent load put back meanwhile
+        return existed

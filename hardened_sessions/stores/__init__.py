@@ -1,0 +1,124 @@
+"""Raw byte stores for the cache engines: bytes in, bytes out, nothing unpickled.
+
+Each store is one small class with the same four verbs, built from a Django
+cache's own configuration (its servers, options, ``KEY_PREFIX``, ``VERSION``
+and ``KEY_FUNCTION``), but talking to the server without the cache's
+serializer, so a pickle planted at a session's key is never unpickled:
+
+``get(key) -> (bytes, token) | None``
+    the stored bytes and a compare-and-set token;
+``add(key, value, ttl, version) -> token | None``
+    store only if absent (``SET NX`` / memcached ``add``); ``None`` when taken;
+``cas(key, value, ttl, token, version) -> token | None``
+    replace only if the stored record is still the one ``token`` names (a Redis
+    script / memcached ``cas``); ``None`` when it changed or is gone, so a late
+    save can never recreate a deleted session;
+``replace(key, value, ttl, expected_version) -> bool``
+    replace only if the stored record has ``expected_version`` (the cached_db
+    engine keeps its copies in step with the database this way);
+``delete(key) -> bool``
+    whether something was deleted.
+
+Every verb raises :class:`~hardened_sessions.exceptions.SessionStoreUnavailable`
+when the server cannot answer. ``ttl`` is in seconds, at least 1.
+
+:func:`store_for_cache` picks the class from the cache's ``BACKEND``; caches it
+cannot serve safely (file, database, dummy, ...) raise
+:class:`UnsupportedCache`, which the system check reports at start-up.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+from django.core.cache import caches
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+__all__ = ["SUPPORTED_BACKENDS", "ByteStore", "UnsupportedCache", "store_for_cache"]
+
+# The key under which a session is stored, before the cache's own KEY_PREFIX/VERSION.
+KEY_NAMESPACE = "hardened_sessions:"
+
+
+class UnsupportedCache(Exception):
+    """The session cache's backend cannot be served without its (pickling) serializer."""
+
+
+class ByteStore(Protocol):
+    def get(self, key: str) -> tuple[bytes, Any] | None: ...
+
+    def add(self, key: str, value: memoryview, ttl: int, version: int) -> Any | None: ...
+
+    def cas(
+        self, key: str, value: memoryview, ttl: int, token: Any, version: int
+    ) -> Any | None: ...
+
+    def replace(self, key: str, value: memoryview, ttl: int, expected_version: int) -> bool: ...
+
+    def delete(self, key: str) -> bool: ...
+
+
+SUPPORTED_BACKENDS = {
+    "django_redis.cache.RedisCache": "redis",
+    "django.core.cache.backends.redis.RedisCache": "redis",
+    "hardened_sessions.cache.RedisClusterCache": "redis",
+    "django.core.cache.backends.memcached.PyMemcacheCache": "memcached",
+    "django.core.cache.backends.locmem.LocMemCache": "locmem",
+}
+
+
+def backend_path(cache: Any) -> str:
+    cls = type(cache)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _kind(cache: Any) -> str:
+    for cls in type(cache).__mro__:
+        kind = SUPPORTED_BACKENDS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if kind:
+            return kind
+    raise UnsupportedCache(
+        f"The session cache backend {backend_path(cache)} is not supported: hardened_sessions "
+        "talks to Redis (django-redis or Django's RedisCache), memcached (PyMemcacheCache) "
+        "or LocMemCache directly, so that nothing it reads is ever unpickled."
+    )
+
+
+_lock = threading.Lock()
+_stores: dict[str, ByteStore] = {}
+
+
+def store_for_cache(alias: str) -> ByteStore:
+    """The byte store for cache ``alias`` (built once per alias and process)."""
+    store = _stores.get(alias)
+    if store is not None:
+        return store
+    cache = caches[alias]
+    kind = _kind(cache)
+    if kind == "redis":
+        from .redis import RedisByteStore
+
+        store = RedisByteStore.from_cache(cache)
+    elif kind == "memcached":
+        from .memcached import MemcachedByteStore
+
+        store = MemcachedByteStore.from_cache(cache)
+    else:
+        from .locmem import LocMemByteStore
+
+        store = LocMemByteStore(cache)
+    with _lock:
+        return _stores.setdefault(alias, store)
+
+
+def reset_stores() -> None:
+    with _lock:
+        _stores.clear()
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("CACHES", "SESSION_CACHE_ALIAS"):
+        reset_stores()

@@ -1,0 +1,124 @@
+"""Byte store over memcached, with pymemcache's ``HashClient``.
+
+Built from a ``PyMemcacheCache`` configuration (its server list and options),
+but without its serde (pickle), with ``TCP_NODELAY`` on (pymemcache defaults to
+off, which stalls a get after a set by ~40 ms on loopback) and with
+``ignore_exc`` off, so a failing server is an error, never a silent miss.
+
+Compare-and-set uses memcached's own ``gets``/``cas``: the token of a record is
+its cas unique. Right after this store wrote a record the unique is unknown, so
+the token says which version was written and the next ``cas`` fetches the
+unique first, checking the version.
+
+Several servers: keys are spread by the client's hash. While a server is
+failing but not yet declared dead (``retry_attempts`` within
+``retry_timeout``), its keys answer :class:`SessionStoreUnavailable` (503);
+once it is dead (for ``dead_timeout``) they hash to the other servers and count
+as missing, so those users log in again. A partitioned server that rejoins
+brings back what it held: such records are still checked against their own
+deadlines and signature on load, so the exposure is bounded by the records'
+own deadlines (see the README).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymemcache.client.hash import HashClient
+from pymemcache.exceptions import MemcacheError
+
+from ..exceptions import SessionStoreUnavailable
+from ..record import peek_version
+from . import KEY_NAMESPACE
+
+__all__ = ["MemcachedByteStore"]
+
+# memcached reads an expiry above 30 days as a Unix timestamp.
+_RELATIVE_TTL_LIMIT = 30 * 24 * 3600
+_DROPPED_OPTIONS = ("serde", "serializer", "deserializer", "ignore_exc", "default_noreply")
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """Token of a record this store just wrote: its version; the cas unique is unknown."""
+
+    version: int
+
+
+def _expire(ttl: int) -> int:
+    ttl = max(1, int(ttl))
+    return int(time.time()) + ttl if ttl > _RELATIVE_TTL_LIMIT else ttl
+
+
+class MemcachedByteStore:
+    def __init__(self, client: HashClient, make_key: Any) -> None:
+        self._client = client
+        self._make_key = make_key
+
+    @classmethod
+    def from_cache(cls, cache: Any) -> MemcachedByteStore:
+        options = {k: v for k, v in cache._options.items() if k not in _DROPPED_OPTIONS}
+        options.setdefault("no_delay", True)
+        client = HashClient(
+            cache.client_servers, ignore_exc=False, default_noreply=False, **options
+        )
+        return cls(client, cache.make_and_validate_key)
+
+    def _key(self, key: str) -> str:
+        return str(self._make_key(KEY_NAMESPACE + key))
+
+    def _check_node(self, k: str) -> None:
+        # pymemcache answers "not found" for a server inside its retry window; here
+        # that must be an outage, not a missing session.
+        client = self._client
+        failed = getattr(client, "_failed_clients", None)
+        if failed:
+            node = client.hasher.get_node(k)
+            if node in failed:
+                raise SessionStoreUnavailable(
+                    "The memcached server holding this session is failing."
+                )
+
+    def _run(self, what: str, k: str, command: str, *args: Any, **kwargs: Any) -> Any:
+        self._check_node(k)
+        try:
+            return getattr(self._client, command)(k, *args, **kwargs)
+        except (MemcacheError, OSError) as exc:
+            raise SessionStoreUnavailable(
+                f"memcached could not {what} ({exc.__class__.__name__})."
+            ) from exc
+
+    def get(self, key: str) -> tuple[bytes, Any] | None:
+        k = self._key(key)
+        value, unique = self._run("read a session", k, "gets")
+        if value is None:
+            return None
+        return value, unique
+
+    def add(self, key: str, value: memoryview, ttl: int, version: int) -> Any | None:
+        k = self._key(key)
+        stored = self._run("create a session", k, "add", bytes(value), _expire(ttl), noreply=False)
+        return _Written(version) if stored else None
+
+    def cas(self, key: str, value: memoryview, ttl: int, token: Any, version: int) -> Any | None:
+        k = self._key(key)
+        if isinstance(token, _Written):
+            current, unique = self._run("read a session", k, "gets")
+            if current is None or peek_version(current) != token.version:
+                return None
+            token = unique
+        if token is None:
+            return None
+        stored = self._run(
+            "save a session", k, "cas", bytes(value), token, _expire(ttl), noreply=False
+        )
+        return _Written(version) if stored else None
+
+    def replace(self, key: str, value: memoryview, ttl: int, expected_version: int) -> bool:
+        return self.cas(key, value, ttl, _Written(expected_version), expected_version) is not None
+
+    def delete(self, key: str) -> bool:
+        k = self._key(key)
+        return bool(self._run("delete a session", k, "delete", noreply=False))
