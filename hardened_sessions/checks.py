@@ -9,6 +9,8 @@ Errors (``manage.py check``):
   domain, or with a path other than ``/``.
 * ``hardened_sessions.E005`` — a ``__Secure-`` cookie name without ``Secure``.
 * ``hardened_sessions.E006`` — ``SESSION_COOKIE_SAMESITE`` is not Lax, Strict, None or False.
+* ``hardened_sessions.E010`` — a cache engine over a cache it cannot serve without the
+  cache's (pickling) serializer, or over an alias that ``CACHES`` does not define.
 
 Warnings:
 
@@ -103,7 +105,40 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     messages.extend(_sqlite_checks())
+    messages.extend(_cache_checks())
     return messages
+
+
+def _cache_checks() -> list[CheckMessage]:
+    if settings.SESSION_ENGINE not in (
+        "hardened_sessions.backends.cache",
+        "hardened_sessions.backends.cached_db",
+    ):
+        return []
+    from django.core.cache import caches
+
+    from .stores import UnsupportedCache, kind_of
+
+    alias = settings.SESSION_CACHE_ALIAS
+    if alias not in settings.CACHES:
+        return [
+            Error(
+                f"SESSION_CACHE_ALIAS is {alias!r}, which CACHES does not define.",
+                id="hardened_sessions.E010",
+            )
+        ]
+    try:
+        kind_of(caches[alias])
+    except UnsupportedCache as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Point SESSION_CACHE_ALIAS at a django-redis RedisCache, Django's "
+                "RedisCache or PyMemcacheCache, or use the db engine.",
+                id="hardened_sessions.E010",
+            )
+        ]
+    return []
 
 
 def _cookie_name_checks() -> list[CheckMessage]:

@@ -36,7 +36,13 @@ from django.core.cache import caches
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-__all__ = ["SUPPORTED_BACKENDS", "ByteStore", "UnsupportedCache", "store_for_cache"]
+__all__ = [
+    "SUPPORTED_BACKENDS",
+    "ByteStore",
+    "UnsupportedCache",
+    "kind_of",
+    "store_for_cache",
+]
 
 # The key under which a session is stored, before the cache's own KEY_PREFIX/VERSION.
 KEY_NAMESPACE = "hardened_sessions:"
@@ -74,7 +80,8 @@ def backend_path(cache: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _kind(cache: Any) -> str:
+def kind_of(cache: Any) -> str:
+    """``redis``, ``memcached`` or ``locmem``; ``UnsupportedCache`` for anything else."""
     for cls in type(cache).__mro__:
         kind = SUPPORTED_BACKENDS.get(f"{cls.__module__}.{cls.__qualname__}")
         if kind:
@@ -96,7 +103,7 @@ def store_for_cache(alias: str) -> ByteStore:
     if store is not None:
         return store
     cache = caches[alias]
-    kind = _kind(cache)
+    kind = kind_of(cache)
     if kind == "redis":
         from .redis import RedisByteStore
 
