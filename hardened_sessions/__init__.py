@@ -1,3 +1,29 @@
-"""Hardened, drop-in session engines for Django."""
+"""Hardened, drop-in session engines for Django.
+
+Public helpers (importable from the package):
+
+- :func:`user_sessions` — a user's live sessions;
+- :func:`revoke_user_sessions` — end a user's sessions but one ("log out other devices").
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["revoke_user_sessions", "user_sessions"]
+
+
+def user_sessions(user: Any) -> list[Any]:
+    """The live sessions of ``user`` (a user or its pk), as ``HardenedSession`` instances."""
+    from .revoke import user_sessions as implementation
+
+    return implementation(user)
+
+
+def revoke_user_sessions(user: Any, *, keep: str | None = None) -> int:
+    """End every session of ``user`` except the one with session key ``keep``; return
+    how many were ended."""
+    from .revoke import revoke_user_sessions as implementation
+
+    return implementation(user, keep=keep)

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "TOUCH_INTERVAL": None,
     "KEY_ATTEMPTS": 10,
     "FAILURE_VIEW": None,
+    "DEVICE_METADATA": False,
+    "MAX_SESSIONS_PER_USER": None,
+    "REVOKE_ON_PASSWORD_CHANGE": True,
 }
 
 # Bounds that keep a typo from turning into a denial of service or a no-op.
@@ -41,6 +44,9 @@ class Config:
     touch_interval: int | None
     key_attempts: int
     failure_view: str | None
+    device_metadata: bool = False
+    max_sessions_per_user: int | None = None
+    revoke_on_password_change: bool = True
 
 
 def _is_int(value: Any) -> bool:
@@ -84,6 +90,17 @@ def validate(raw: Any) -> list[str]:
             "HARDENED_SESSIONS['FAILURE_VIEW'] must be None or the dotted path of a view, "
             f"not {view!r}."
         )
+    for name in ("DEVICE_METADATA", "REVOKE_ON_PASSWORD_CHANGE"):
+        if not isinstance(merged[name], bool):
+            problems.append(
+                f"HARDENED_SESSIONS[{name!r}] must be True or False, not {merged[name]!r}."
+            )
+    cap = merged["MAX_SESSIONS_PER_USER"]
+    if cap is not None and (not _is_int(cap) or cap < 1):
+        problems.append(
+            "HARDENED_SESSIONS['MAX_SESSIONS_PER_USER'] must be None or a positive integer, "
+            f"not {cap!r}."
+        )
     idle, touch = merged["IDLE_TIMEOUT"], merged["TOUCH_INTERVAL"]
     if touch is not None and _is_int(touch):
         if idle is None:
@@ -123,6 +140,9 @@ def get_config() -> Config:
         touch_interval=merged["TOUCH_INTERVAL"],
         key_attempts=merged["KEY_ATTEMPTS"],
         failure_view=merged["FAILURE_VIEW"],
+        device_metadata=merged["DEVICE_METADATA"],
+        max_sessions_per_user=merged["MAX_SESSIONS_PER_USER"],
+        revoke_on_password_change=merged["REVOKE_ON_PASSWORD_CHANGE"],
     )
     with _lock:
         _cached = config

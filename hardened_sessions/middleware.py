@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from django.conf import settings
@@ -88,7 +89,22 @@ def _mark_private(response: HttpResponseBase) -> None:
         patch_cache_control(response, private=True)
 
 
+# The session of the request being handled, for code that has no request at hand
+# (the password-change hook keeps the current session alive through it).
+current_session: ContextVar[Any] = ContextVar("hardened_sessions_current", default=None)
+
+
 class HardenedSessionMiddleware(SessionMiddleware):
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        session = request.session
+        if get_config().device_metadata and hasattr(session, "device"):
+            session.device = {
+                "ip": request.META.get("REMOTE_ADDR", ""),
+                "user_agent": request.META.get("HTTP_USER_AGENT", ""),
+            }
+        current_session.set(session)
+
     # -- failure answers -------------------------------------------------------
 
     def failure_response(
@@ -152,6 +168,7 @@ class HardenedSessionMiddleware(SessionMiddleware):
     def process_response(  # type: ignore[override]
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
+        current_session.set(None)
         session = getattr(request, "session", None)
         if session is None:
             return response

@@ -35,6 +35,9 @@ class HardenedSession(models.Model):
     user_id = models.CharField(  # noqa: DJ001
         _("user id"), max_length=255, null=True, blank=True, db_index=True
     )
+    # Optional device metadata (HARDENED_SESSIONS["DEVICE_METADATA"]): personal data.
+    ip_address = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    user_agent = models.CharField(_("user agent"), max_length=300, blank=True, default="")
     size = models.PositiveIntegerField(_("size in bytes"))
     version = models.PositiveBigIntegerField(_("version"))
 

@@ -76,6 +76,9 @@ class Record:
     # The payload JSON this record was decoded from or encoded to, kept so that a
     # version conflict can tell what the request changed without a deep copy.
     payload: bytes = field(default=b"", repr=False, compare=False)
+    # The user the data named when it was encoded or decoded (Django's auth key), for
+    # the store's user column: computed once, because ``data`` stays live afterwards.
+    user_id: str | None = field(default=None, compare=False)
 
     @property
     def deadline(self) -> int:
@@ -89,6 +92,15 @@ class Record:
 
     def expired(self, now: float) -> bool:
         return now >= self.deadline
+
+
+# Django's auth keeps the user's pk under this key (django.contrib.auth.SESSION_KEY).
+AUTH_USER_KEY = "_auth_user_id"
+
+
+def user_id_of(data: dict[str, Any]) -> str | None:
+    value = data.get(AUTH_USER_KEY)
+    return None if value is None else str(value)[:255]
 
 
 def _reject_constant(name: str) -> Any:
@@ -221,6 +233,7 @@ def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) 
         idle_deadline=_int(payload, "i", nullable=True),
         absolute_deadline=_int(payload, "x", nullable=True),
         payload=payload_bytes,
+        user_id=user_id_of(data),
     )
 
 

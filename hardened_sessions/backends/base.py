@@ -57,8 +57,6 @@ security_logger = logging.getLogger("django.security.SuspiciousSession")
 Token = Any
 T = TypeVar("T")
 _NOT_GIVEN: Any = object()
-# Django's auth stores the user's pk under this session key (django.contrib.auth.SESSION_KEY).
-AUTH_USER_KEY = "_auth_user_id"
 
 
 def hash_prefix(store_key: str) -> str:
@@ -93,6 +91,8 @@ class HardenedSessionBase(SessionBase):
         self._store_failure: SessionStoreUnavailable | None = None
         self._cleared = False
         self.rotation_failed = False
+        # {"ip": ..., "user_agent": ...} when DEVICE_METADATA is on (set by the middleware).
+        self.device: dict[str, str] | None = None
         super().__init__(session_key)
 
     # ------------------------------------------------------------------ primitives
@@ -172,6 +172,7 @@ class HardenedSessionBase(SessionBase):
         created = base.created if base is not None else now_s
         age = self.get_expiry_age(modification=timezone.now(), expiry=data.get("_session_expiry"))
         return Record(
+            user_id=record.user_id_of(data),
             data=data,
             version=(base.version + 1) if base is not None else 1,
             created=created,
@@ -681,14 +682,10 @@ class HardenedSessionBase(SessionBase):
             age = min(age, rec.absolute_deadline - int(time.time()))
         return max(age, 0)
 
-    def user_id(self) -> str | None:
-        value = self._record.data.get(AUTH_USER_KEY) if self._record else None
-        return None if value is None else str(value)
-
-    @staticmethod
-    def _user_id_of(data: dict[str, Any]) -> str | None:
-        value = data.get(AUTH_USER_KEY)
-        return None if value is None else str(value)[:255]
+    def revoke(self, store_key: str) -> bool:
+        """Delete the session stored under ``store_key`` (a key hash, as the admin and
+        the revocation helpers know it); whether there was one."""
+        return self._io(self._remove, store_key)
 
     def _get_new_session_key(self) -> str:
         # No exists() round trip: the atomic create detects collisions.

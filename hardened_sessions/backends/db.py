@@ -32,7 +32,8 @@ from django.db import (
 
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
-from .base import HardenedSessionBase, Token
+from ..signals import session_revoked
+from .base import HardenedSessionBase, Token, hash_prefix
 
 __all__ = ["SessionStore"]
 
@@ -49,7 +50,8 @@ def _is_transient(exc: DatabaseError) -> bool:
     return "locked" in text or "busy" in text or "deadlock" in text
 
 
-def _moment(ts: int) -> datetime:
+def moment_of(ts: int) -> datetime:
+    """A stored timestamp as the DateTimeField value Django expects under USE_TZ."""
     if settings.USE_TZ:
         return datetime.fromtimestamp(ts, tz=UTC)
     return datetime.fromtimestamp(ts)
@@ -100,14 +102,18 @@ class SessionStore(HardenedSessionBase):
         raise AssertionError("unreachable")
 
     def _columns(self, data: memoryview, rec: Record) -> dict[str, Any]:
-        return {
+        columns = {
             "data": data,
-            "expire_date": _moment(rec.deadline),
-            "last_activity": _moment(rec.activity),
-            "user_id": self._user_id_of(rec.data),
+            "expire_date": moment_of(rec.deadline),
+            "last_activity": moment_of(rec.activity),
+            "user_id": rec.user_id,
             "size": len(data),
             "version": rec.version,
         }
+        if self.device is not None:
+            columns["ip_address"] = self.device.get("ip") or None
+            columns["user_agent"] = (self.device.get("user_agent") or "")[:300]
+        return columns
 
     # -- primitives ------------------------------------------------------------
 
@@ -147,12 +153,13 @@ class SessionStore(HardenedSessionBase):
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
         alias = self._db_write()
         columns = self._columns(data, rec)
-        row = self.model(key_hash=store_key, created=_moment(rec.created), **columns)
+        row = self.model(key_hash=store_key, created=moment_of(rec.created), **columns)
 
         try:
             self._run(alias, lambda: row.save(using=alias, force_insert=True), "create a session")
         except IntegrityError:
             return None
+        self._enforce_cap(store_key, rec)
         return rec.version
 
     def _write_update(
@@ -169,7 +176,39 @@ class SessionStore(HardenedSessionBase):
             ),
             "save a session",
         )
-        return rec.version if updated else None
+        if not updated:
+            return None
+        self._enforce_cap(store_key, rec)
+        return rec.version
+
+    def _enforce_cap(self, store_key: str, rec: Record) -> None:
+        """With MAX_SESSIONS_PER_USER, a session that just gained its user ends the
+        user's oldest other sessions beyond the cap."""
+        cap = self.config.max_sessions_per_user
+        previous = self._record.user_id if self._record is not None else None
+        if cap is None or rec.user_id is None or rec.user_id == previous:
+            return
+        alias = self._db_write()
+        user_id = rec.user_id
+        others = self._run(
+            alias,
+            lambda: list(
+                self.model.objects.using(alias)
+                .filter(user_id=user_id)
+                .exclude(pk=store_key)
+                .order_by("-created", "-last_activity")
+                .values_list("pk", flat=True)
+            ),
+            "list a user's sessions",
+        )
+        for key_hash in others[cap - 1 :]:
+            if self._remove(key_hash):
+                session_revoked.send(
+                    sender=type(self),
+                    key_hash_prefix=hash_prefix(key_hash),
+                    user_id=user_id,
+                    reason="over MAX_SESSIONS_PER_USER",
+                )
 
     def _remove(self, store_key: str) -> bool:
         alias = self._db_write()

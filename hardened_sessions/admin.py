@@ -1,0 +1,225 @@
+"""The admin for ``HardenedSession``: inspect and revoke, never edit.
+
+Rows show a short prefix of the key hash (never a usable key), the user, the
+times, the size and whether the session is still active. The detail page
+decodes and verifies the record and lists its keys with the type and length
+of each value; the values themselves are never shown. Actions revoke the
+selected sessions, or every session of the users they belong to, through the
+configured engine (so cached copies go too), and leave ``LogEntry`` rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import record
+from .conf import get_config
+from .models import HardenedSession
+from .revoke import revoke_sessions
+
+__all__ = ["HardenedSessionAdmin", "describe_value"]
+
+
+def describe_value(value: Any) -> str:
+    """Type and size of a session value, never the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return f"string, {len(value)} characters"
+    if isinstance(value, list):
+        return f"list, {len(value)} items"
+    if isinstance(value, dict):
+        return f"object, {len(value)} keys"
+    return type(value).__name__
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("active", _("Active")), ("expired", _("Expired"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "active":
+            return queryset.filter(expire_date__gt=timezone.now())
+        if self.value() == "expired":
+            return queryset.filter(expire_date__lte=timezone.now())
+        return queryset
+
+
+class UserFilter(admin.SimpleListFilter):
+    title = _("user")
+    parameter_name = "user"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("signed-in", _("Signed in")), ("anonymous", _("Anonymous"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "signed-in":
+            return queryset.filter(user_id__isnull=False)
+        if self.value() == "anonymous":
+            return queryset.filter(user_id__isnull=True)
+        return queryset
+
+
+@admin.register(HardenedSession)
+class HardenedSessionAdmin(admin.ModelAdmin):
+    list_display = (
+        "key_prefix",
+        "user_display",
+        "created",
+        "last_activity",
+        "expire_date",
+        "size",
+        "is_active",
+    )
+    list_filter = (StateFilter, UserFilter)
+    search_fields = ("user_id",)
+    ordering = ("-last_activity",)
+    actions = ("revoke_selected", "revoke_users")
+    fields = (
+        "key_prefix",
+        "user_display",
+        "created",
+        "last_activity",
+        "expire_date",
+        "size",
+        "version",
+        "ip_address",
+        "user_agent",
+        "is_active",
+        "data_summary",
+    )
+    readonly_fields = fields
+    show_full_result_count = False
+    list_per_page = 50
+
+    # -- never editable ----------------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting goes through the revoke actions (the engine), not a row delete that
+        # would leave cached copies behind.
+        return False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        if not request.user.has_perm("hardened_sessions.delete_hardenedsession"):
+            return {}
+        return actions
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).defer("data")
+
+    # -- columns -----------------------------------------------------------------
+
+    @admin.display(description=_("session"), ordering="key_hash")
+    def key_prefix(self, obj: HardenedSession) -> str:
+        return f"{obj.key_hash[:8]}…"
+
+    @admin.display(description=_("user"), ordering="user_id")
+    def user_display(self, obj: HardenedSession) -> str:
+        if obj.user_id is None:
+            return "—"
+        try:
+            user = get_user_model()._default_manager.filter(pk=obj.user_id).first()
+        except (ValueError, TypeError):  # a pk column that can't hold this value
+            user = None
+        return f"{user.get_username()} ({obj.user_id})" if user else obj.user_id
+
+    @admin.display(description=_("active"), boolean=True)
+    def is_active(self, obj: HardenedSession) -> bool:
+        return not obj.is_expired
+
+    @admin.display(description=_("data (values redacted)"))
+    def data_summary(self, obj: HardenedSession) -> SafeString | str:
+        raw = (
+            HardenedSession.objects.using(obj._state.db)
+            .filter(pk=obj.pk)
+            .values_list("data", flat=True)
+            .first()
+        )
+        if raw is None:
+            return "—"
+        try:
+            rec = record.decode(bytes(raw), obj.key_hash, get_config().max_bytes)
+        except record.CorruptRecord as exc:
+            return f"rejected: {exc.reason}"
+        if not rec.data:
+            return "(empty)"
+        return format_html_join(
+            "",
+            "<div><code>{}</code>: {}</div>",
+            ((key, describe_value(value)) for key, value in sorted(rec.data.items())),
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        """Search by username (and by raw user id)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        model = get_user_model()
+        field = getattr(model, "USERNAME_FIELD", "username")
+        pks = [
+            str(pk)
+            for pk in model._default_manager.filter(**{f"{field}__icontains": term}).values_list(
+                "pk", flat=True
+            )[:1000]
+        ]
+        return queryset.filter(Q(user_id__in=pks) | Q(user_id=term)), False
+
+    # -- actions -----------------------------------------------------------------
+
+    def _revoke(self, request: HttpRequest, rows: QuerySet[Any], reason: str) -> int:
+        victims = list(rows)
+        ended = revoke_sessions([row.key_hash for row in victims], reason=reason)
+        if victims:
+            self.log_deletions(request, victims)  # type: ignore[arg-type]
+        return ended
+
+    @admin.action(description=_("Revoke selected sessions"))
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        ended = self._revoke(request, queryset, "revoked in the admin")
+        self.message_user(
+            request,
+            ngettext("%d session revoked.", "%d sessions revoked.", ended) % ended,
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Revoke all sessions of these users"))
+    def revoke_users(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        user_ids = {uid for uid in queryset.values_list("user_id", flat=True) if uid}
+        rows = HardenedSession.objects.using(queryset.db).filter(user_id__in=user_ids)
+        ended = self._revoke(request, rows, "all sessions of the user revoked in the admin")
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d session of %(users)d user(s) revoked.",
+                "%(count)d sessions of %(users)d user(s) revoked.",
+                ended,
+            )
+            % {"count": ended, "users": len(user_ids)},
+            messages.SUCCESS,
+        )
