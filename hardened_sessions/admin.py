@@ -39,11 +39,11 @@ def describe_value(value: Any) -> str:
     if isinstance(value, int | float):
         return "number"
     if isinstance(value, str):
-        return f"string, {len(value)} characters"
+        return ngettext("string, %d character", "string, %d characters", len(value)) % len(value)
     if isinstance(value, list):
-        return f"list, {len(value)} items"
+        return ngettext("list, %d item", "list, %d items", len(value)) % len(value)
     if isinstance(value, dict):
-        return f"object, {len(value)} keys"
+        return ngettext("object, %d key", "object, %d keys", len(value)) % len(value)
     return type(value).__name__
 
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView, LogoutView
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods
 
+import hardened_sessions
 from demo.forms import GrowForm
 
 STARTED_KEY = "demo.started"
@@ -49,12 +54,26 @@ def filler_keys(request: HttpRequest) -> list[str]:
     return [key for key, _ in request.session.items() if key.startswith(FILLER_PREFIX)]
 
 
+def key_hash(session_key: str | None) -> str | None:
+    """SHA-256 hex of a session key: what the store keeps instead of the key."""
+    return hashlib.sha256(session_key.encode()).hexdigest() if session_key else None
+
+
+def record_created(request: HttpRequest) -> datetime | None:
+    """When the stored record says this session was created (restarted at login), or
+    ``None`` while nothing is stored yet."""
+    record = getattr(request.session, "record", None)
+    created = getattr(record, "created", None)
+    return datetime.fromtimestamp(created, tz=UTC) if created is not None else None
+
+
 def home(request: HttpRequest) -> HttpResponse:
     ensure_started(request)
     started = parse_datetime(request.session[STARTED_KEY])
     context = {
         "key_prefix": key_prefix(request.session.session_key),
         "started": started,
+        "record_created": record_created(request),
         "engine": settings.SESSION_ENGINE,
         "database": settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1],
         "cache": settings.CACHES.get("sessions", {}).get("BACKEND"),
@@ -111,6 +130,56 @@ def cookie(request: HttpRequest) -> HttpResponse:
         "cookie_name": settings.SESSION_COOKIE_NAME,
     }
     return render(request, "demo/cookie.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def sessions(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's live sessions, and "log out other devices"."""
+    if request.method == "POST":
+        try:
+            ended = hardened_sessions.revoke_user_sessions(
+                request.user, keep=request.session.session_key
+            )
+        except NotImplementedError:
+            messages.error(request, "This session engine cannot end other sessions.")
+        else:
+            messages.success(
+                request,
+                ngettext(
+                    "Logged out %(count)d other session.",
+                    "Logged out %(count)d other sessions.",
+                    ended,
+                )
+                % {"count": ended},
+            )
+        return redirect("sessions")
+    try:
+        rows = hardened_sessions.user_sessions(request.user)
+    except NotImplementedError as exc:
+        rows, unsupported = [], str(exc)
+    else:
+        unsupported = ""
+    current = key_hash(request.session.session_key)
+    context = {
+        # Only a prefix of each key's hash: enough to tell sessions apart, useless as a cookie.
+        "sessions": [
+            {
+                "hash_prefix": f"{row.key_hash[:8]}…",
+                "current": row.key_hash == current,
+                "created": row.created,
+                "last_activity": row.last_activity,
+                "expires": row.expire_date,
+                "ip_address": row.ip_address,
+                "user_agent": row.user_agent,
+            }
+            for row in rows
+        ],
+        "unsupported": unsupported,
+        "engine": settings.SESSION_ENGINE,
+        "device_metadata": settings.HARDENED_SESSIONS.get("DEVICE_METADATA", False),
+    }
+    return render(request, "demo/sessions.html", context)
 
 
 class DemoLoginView(LoginView):

@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("grow/", views.grow, name="grow"),
     path("cookie/", views.cookie, name="cookie"),
+    path("sessions/", views.sessions, name="sessions"),
     path("accounts/login/", views.DemoLoginView.as_view(), name="login"),
     path("accounts/logout/", views.DemoLogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

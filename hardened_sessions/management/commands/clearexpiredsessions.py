@@ -9,9 +9,9 @@ On the cache engine there is nothing to do: the store expires entries itself.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +23,7 @@ from django.utils import timezone
 
 LOCK_NAME = "hardened_sessions.clearexpiredsessions"
 # A stable 63-bit number for pg_try_advisory_lock, derived from the name.
-LOCK_ID = zlib.crc32(LOCK_NAME.encode()) * 2654435761 % (2**63)
+LOCK_ID = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big") >> 1
 
 
 @contextmanager

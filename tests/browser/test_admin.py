@@ -1,0 +1,75 @@
+"""The admin of ``HardenedSession`` in a browser: the changelist and a change page
+render for the superuser, without keys or values, and "Revoke selected sessions" ends
+a session (DESIGN, "Operations": admin)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.browser.conftest import (
+    USERS,
+    DemoSite,
+    expect,
+    key_hash,
+    log_in,
+    logged_in_as,
+    session_cookie,
+)
+
+CHANGELIST = "/admin/hardened_sessions/hardenedsession/"
+
+
+def admin_log_in(page: Any, site: DemoSite) -> None:
+    page.goto(site("/admin/"))
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", USERS["admin"])
+    page.click("input[type=submit]")
+    page.wait_for_url(site("/admin/"))
+
+
+def test_admin_shows_sessions_and_revokes_one(
+    demo_site: DemoSite, new_context: Callable[..., Any], shot: Callable[..., Any]
+) -> None:
+    victim = new_context()
+    victim_page = victim.new_page()
+    log_in(victim_page, demo_site, "demo")
+    victim_cookie = session_cookie(victim)
+    assert victim_cookie is not None
+    victim_hash = key_hash(victim_cookie["value"])
+
+    admin = new_context()
+    page = admin.new_page()
+    admin_log_in(page, demo_site)
+
+    response = page.goto(demo_site(CHANGELIST))
+    assert response is not None and response.status == 200
+    checkbox = page.locator(f"input[name=_selected_action][value='{victim_hash}']")
+    expect(checkbox).to_have_count(1)
+    expect(page.locator("#result_list")).to_contain_text(f"{victim_hash[:8]}…")
+    assert victim_cookie["value"] not in page.content()
+    shot(page, "changelist")
+
+    response = page.goto(demo_site(f"{CHANGELIST}{victim_hash}/change/"))
+    assert response is not None and response.status == 200
+    summary = page.locator(".field-data_summary")
+    expect(summary).to_contain_text("_auth_user_id")
+    expect(summary).to_contain_text("string, ")
+    expect(page.locator(".field-user_display")).to_contain_text("demo")
+    assert victim_cookie["value"] not in page.content()
+    shot(page, "change-page")
+
+    page.goto(demo_site(CHANGELIST))
+    page.locator(f"input[name=_selected_action][value='{victim_hash}']").check()
+    page.select_option("select[name=action]", "revoke_selected")
+    page.click("button[name=index]")
+    expect(page.locator("ul.messagelist")).to_contain_text("1 session revoked.")
+    expect(page.locator(f"input[name=_selected_action][value='{victim_hash}']")).to_have_count(0)
+    shot(page, "after-revoke")
+
+    assert logged_in_as(victim_page, demo_site) is None
+    shot(victim_page, "revoked-browser-after-reload")
+    # The admin's own session goes on.
+    response = page.goto(demo_site(CHANGELIST))
+    assert response is not None and response.status == 200
+    assert page.url == demo_site(CHANGELIST)
