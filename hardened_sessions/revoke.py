@@ -1,13 +1,16 @@
 """Per-user sessions: list them, end them ("log out other devices").
 
-Served by the db and cached_db engines, which keep the user's pk in an indexed
-column. The cache engine keeps no per-user index (see :func:`user_sessions`).
-Deletes go through the configured engine, so cached copies go too.
+The db and cached_db engines keep the user's pk in an indexed column. The cache
+engine keeps a per-user index where it can be updated atomically with the
+sessions (Redis, LocMemCache); elsewhere (Redis Cluster, memcached) these
+helpers raise ``NotImplementedError`` saying why. Deletes go through the
+configured engine, so cached copies go too.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from importlib import import_module
 from typing import Any
@@ -16,7 +19,7 @@ from django.conf import settings
 from django.db import router
 from django.utils import timezone
 
-from . import keys
+from . import keys, record
 from .signals import session_revoked
 
 __all__ = ["revoke_sessions", "revoke_user_sessions", "user_sessions"]
@@ -24,12 +27,13 @@ __all__ = ["revoke_sessions", "revoke_user_sessions", "user_sessions"]
 logger = logging.getLogger("hardened_sessions")
 
 _NO_INDEX = (
-    "The cache engine keeps no per-user index of sessions: on Redis Cluster, memcached "
-    "and LocMemCache such an index cannot be updated atomically with the sessions "
-    "themselves (they live under other keys, often on other nodes), and an index that "
-    "drifts would let a revocation miss a session. Use the db or cached_db engine to "
-    "list or revoke a user's sessions; logging out still works everywhere, and a "
-    "password change still ends other sessions lazily through Django's session hash."
+    "This session cache keeps no per-user index of sessions: on Redis Cluster and "
+    "memcached such an index cannot be updated atomically with the sessions themselves "
+    "(they live under other keys, on other nodes), and an index that missed a session "
+    "would let a revocation miss it too. Use Redis without Cluster, or the db or "
+    "cached_db engine, to list or revoke a user's sessions; logging out still works "
+    "everywhere, and a password change still ends other sessions lazily through "
+    "Django's session hash."
 )
 
 
@@ -50,11 +54,56 @@ def _user_pk(user: Any) -> str:
     return str(pk)
 
 
+def _indexed_store(store_class: Any) -> Any:
+    """The byte store of a cache-engine session store, if it keeps a per-user index."""
+    store = getattr(store_class(), "_store", None)
+    if store is None or not getattr(store, "supports_user_index", False):
+        raise NotImplementedError(_NO_INDEX)
+    return store
+
+
+def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
+    """Live sessions of user ``pk`` from the index, and the index entries that ended."""
+    from .backends.db import moment_of
+    from .conf import get_config
+    from .models import HardenedSession
+
+    live, ended = [], []
+    now = time.time()
+    for key_hash in store.user_members(pk):
+        found = store.get(key_hash)
+        try:
+            rec = record.decode(found[0], key_hash, get_config().max_bytes) if found else None
+        except record.CorruptRecord:
+            rec = None
+        if rec is None or rec.expired(now) or rec.user_id != pk:
+            ended.append(key_hash)
+            continue
+        live.append(
+            HardenedSession(
+                key_hash=key_hash,
+                expire_date=moment_of(rec.deadline),
+                created=moment_of(rec.created),
+                last_activity=moment_of(rec.activity),
+                user_id=pk,
+                size=len(found[0]) if found else 0,
+                version=rec.version,
+            )
+        )
+    return live, ended
+
+
 def user_sessions(user: Any) -> list[Any]:
     """The live sessions of ``user`` (a user object or its pk), newest activity first,
-    as ``HardenedSession`` instances. Raises ``NotImplementedError`` on the cache engine."""
-    if not _model_backed(_store_class()):
-        raise NotImplementedError(_NO_INDEX)
+    as ``HardenedSession`` instances (unsaved ones on the cache engine). Raises
+    ``NotImplementedError`` where the store keeps no per-user index."""
+    store_class = _store_class()
+    if not _model_backed(store_class):
+        store = _indexed_store(store_class)
+        pk = _user_pk(user)
+        live, ended = _indexed_sessions(store, pk)
+        store.forget_members(pk, ended)
+        return sorted(live, key=lambda s: s.last_activity, reverse=True)
     from .models import HardenedSession
 
     alias = router.db_for_read(HardenedSession)
@@ -83,16 +132,21 @@ def revoke_user_sessions(user: Any, *, keep: str | None = None, reason: str = "r
     session key is ``keep``; return how many were ended. Raises ``NotImplementedError``
     on the cache engine."""
     store_class = _store_class()
-    if not _model_backed(store_class):
-        raise NotImplementedError(_NO_INDEX)
-    from .models import HardenedSession
-
     pk = _user_pk(user)
     keep_hash = keys.store_key(keep) if keys.is_well_formed(keep) and keep else None
-    alias = router.db_for_write(HardenedSession)
-    key_hashes = list(
-        HardenedSession.objects.using(alias).filter(user_id=pk).values_list("pk", flat=True)
-    )
+    if _model_backed(store_class):
+        from .models import HardenedSession
+
+        alias = router.db_for_write(HardenedSession)
+        key_hashes = list(
+            HardenedSession.objects.using(alias).filter(user_id=pk).values_list("pk", flat=True)
+        )
+        index = None
+    else:
+        index = _indexed_store(store_class)
+        live, ended_meanwhile = _indexed_sessions(index, pk)
+        index.forget_members(pk, ended_meanwhile)
+        key_hashes = [session.key_hash for session in live]
     store = store_class()
     ended = 0
     for key_hash in key_hashes:
@@ -103,6 +157,8 @@ def revoke_user_sessions(user: Any, *, keep: str | None = None, reason: str = "r
             session_revoked.send(
                 sender=store_class, key_hash_prefix=key_hash[:8], user_id=pk, reason=reason
             )
+    if index is not None:
+        index.forget_members(pk, [k for k in key_hashes if k != keep_hash])
     if ended:
         logger.info("Ended %d session(s) of user %s (%s).", ended, pk, reason)
     return ended
@@ -121,8 +177,12 @@ def password_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
 
     if getattr(instance, "_password", None) is None or instance.pk is None:
         return
-    if not get_config().revoke_on_password_change or not _model_backed(_store_class()):
+    if not get_config().revoke_on_password_change:
         return
     session = current_session.get()
     keep = getattr(session, "session_key", None)
-    revoke_user_sessions(instance, keep=keep, reason="password changed")
+    try:
+        revoke_user_sessions(instance, keep=keep, reason="password changed")
+    except NotImplementedError:
+        # No per-user index here: Django's session hash still ends them lazily.
+        logger.debug("No per-user index; other sessions end at their next request.")

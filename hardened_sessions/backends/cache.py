@@ -40,12 +40,12 @@ class SessionStore(HardenedSessionBase):
         return self._store.get(store_key)
 
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
-        return self._store.add(store_key, data, ttl_for(rec), rec.version)
+        return self._store.add(store_key, data, ttl_for(rec), rec.version, rec.user_id)
 
     def _write_update(
         self, store_key: str, data: memoryview, rec: Record, token: Token
     ) -> Token | None:
-        return self._store.cas(store_key, data, ttl_for(rec), token, rec.version)
+        return self._store.cas(store_key, data, ttl_for(rec), token, rec.version, rec.user_id)
 
     def _remove(self, store_key: str) -> bool:
         return self._store.delete(store_key)

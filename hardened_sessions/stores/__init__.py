@@ -19,6 +19,10 @@ serializer, so a pickle planted at a session's key is never unpickled:
 ``delete(key) -> bool``
     whether something was deleted.
 
+A ``user`` argument to the writes names the session's user; stores with
+``supports_user_index`` (Redis, not Cluster) then also keep the per-user index
+that ``user_members(user)`` / ``forget_members(user, keys)`` read and prune.
+
 Every verb raises :class:`~hardened_sessions.exceptions.SessionStoreUnavailable`
 when the server cannot answer. ``ttl`` is in seconds, at least 1.
 
@@ -53,15 +57,33 @@ class UnsupportedCache(Exception):
 
 
 class ByteStore(Protocol):
+    #: Whether ``user`` arguments maintain a per-user index (``user_members``).
+    supports_user_index: bool
+
     def get(self, key: str) -> tuple[bytes, Any] | None: ...
 
-    def add(self, key: str, value: memoryview, ttl: int, version: int) -> Any | None: ...
-
-    def cas(
-        self, key: str, value: memoryview, ttl: int, token: Any, version: int
+    def add(
+        self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
     ) -> Any | None: ...
 
-    def replace(self, key: str, value: memoryview, ttl: int, expected_version: int) -> bool: ...
+    def cas(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        token: Any,
+        version: int,
+        user: str | None = None,
+    ) -> Any | None: ...
+
+    def replace(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        expected_version: int,
+        user: str | None = None,
+    ) -> bool: ...
 
     def delete(self, key: str) -> bool: ...
 

@@ -9,6 +9,7 @@ entries are not pickles.)
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..record import peek_version
@@ -18,6 +19,9 @@ __all__ = ["LocMemByteStore"]
 
 
 class LocMemByteStore:
+    # Under the cache's lock a session and its user's index change together.
+    supports_user_index = True
+
     def __init__(self, cache: Any) -> None:
         self.cache = cache
 
@@ -43,27 +47,79 @@ class LocMemByteStore:
             return None
         return value, peek_version(value)
 
-    def add(self, key: str, value: memoryview, ttl: int, version: int) -> Any | None:
+    def add(
+        self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
+    ) -> Any | None:
         k = self._key(key)
         with self.cache._lock:
             if self._live(k) is not None:
                 return None
             self.cache._set(k, bytes(value), ttl)
+            self._index(user, key, ttl)
         return version
 
-    def cas(self, key: str, value: memoryview, ttl: int, token: Any, version: int) -> Any | None:
+    def cas(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        token: Any,
+        version: int,
+        user: str | None = None,
+    ) -> Any | None:
         k = self._key(key)
         with self.cache._lock:
             current = self._live(k)
             if current is None or peek_version(current) != token:
                 return None
             self.cache._set(k, bytes(value), ttl)
+            self._index(user, key, ttl)
         return version
 
-    def replace(self, key: str, value: memoryview, ttl: int, expected_version: int) -> bool:
-        return self.cas(key, value, ttl, expected_version, expected_version) is not None
+    def replace(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        expected_version: int,
+        user: str | None = None,
+    ) -> bool:
+        return self.cas(key, value, ttl, expected_version, expected_version, user) is not None
 
     def delete(self, key: str) -> bool:
         k = self._key(key)
         with self.cache._lock:
             return bool(self.cache._delete(k))
+
+    # -- per-user index: newline-separated store keys under the user's own entry ----------
+
+    def _index_key(self, user: str) -> str:
+        return self.cache.make_and_validate_key(KEY_NAMESPACE + "user:" + user)  # type: ignore[no-any-return]
+
+    def _members(self, user: str) -> set[str]:
+        # Caller holds the cache's lock.
+        raw = self._live(self._index_key(user))
+        return set(raw.decode("ascii").split()) if raw else set()
+
+    def _index(self, user: str | None, key: str, ttl: int) -> None:
+        # Caller holds the cache's lock.
+        if user is None:
+            return
+        members = self._members(user) | {key}
+        index_key = self._index_key(user)
+        expiry = self.cache._expire_info.get(index_key)
+        ttl = max(ttl, int(expiry - time.time()) if expiry else 0)
+        self.cache._set(index_key, "\n".join(sorted(members)).encode("ascii"), ttl)
+
+    def user_members(self, user: str) -> list[str]:
+        with self.cache._lock:
+            return sorted(self._members(user))
+
+    def forget_members(self, user: str, keys: Any) -> None:
+        with self.cache._lock:
+            members = self._members(user) - set(keys)
+            index_key = self._index_key(user)
+            if members:
+                self.cache._cache[index_key] = "\n".join(sorted(members)).encode("ascii")
+            else:
+                self.cache._delete(index_key)

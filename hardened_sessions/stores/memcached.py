@@ -53,6 +53,8 @@ def _expire(ttl: int) -> int:
 
 
 class MemcachedByteStore:
+    supports_user_index = False
+
     def __init__(self, client: HashClient, make_key: Any) -> None:
         self._client = client
         self._make_key = make_key
@@ -97,12 +99,22 @@ class MemcachedByteStore:
             return None
         return value, unique
 
-    def add(self, key: str, value: memoryview, ttl: int, version: int) -> Any | None:
+    def add(
+        self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
+    ) -> Any | None:
         k = self._key(key)
         stored = self._run("create a session", k, "add", bytes(value), _expire(ttl), noreply=False)
         return _Written(version) if stored else None
 
-    def cas(self, key: str, value: memoryview, ttl: int, token: Any, version: int) -> Any | None:
+    def cas(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        token: Any,
+        version: int,
+        user: str | None = None,
+    ) -> Any | None:
         k = self._key(key)
         if isinstance(token, _Written):
             current, unique = self._run("read a session", k, "gets")
@@ -116,7 +128,14 @@ class MemcachedByteStore:
         )
         return _Written(version) if stored else None
 
-    def replace(self, key: str, value: memoryview, ttl: int, expected_version: int) -> bool:
+    def replace(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        expected_version: int,
+        user: str | None = None,
+    ) -> bool:
         return self.cas(key, value, ttl, _Written(expected_version), expected_version) is not None
 
     def delete(self, key: str) -> bool:

@@ -10,11 +10,17 @@ is never on the path. redis-py sets ``TCP_NODELAY`` on its sockets.
 The compare-and-set is a short Lua script: it replaces the record only when
 the stored one still starts with the version the request loaded, and never
 creates one (so a late save cannot bring back a deleted session).
+
+Per-user index (not on Redis Cluster): a write that names a user also adds the
+session's store key to that user's set, in the same script, so the index is
+never missing a session (it may hold keys of sessions that ended since; readers
+check each one and prune). On a cluster the set and the sessions live in other
+slots, where no script can update both, so there is no index there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -25,15 +31,36 @@ from . import KEY_NAMESPACE, UnsupportedCache
 
 __all__ = ["RedisByteStore"]
 
-# KEYS[1] = key; ARGV[1] = new record, ARGV[2] = expected head, ARGV[3] = ttl seconds.
+# The index's own TTL follows the longest-lived session in it.
+_INDEX_LUA = """
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], ARGV[4])
+  if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+  end
+end
+"""
+# KEYS[1] = record, KEYS[2] = user index (optional);
+# ARGV[1] = record bytes, ARGV[2] = ttl seconds, ARGV[3] = expected head, ARGV[4] = member.
 # Returns 1 when replaced, 0 when the record changed, -1 when it is gone.
-CAS_SCRIPT = """
+CAS_SCRIPT = (
+    """
 local current = redis.call('GET', KEYS[1])
 if not current then return -1 end
-if string.sub(current, 1, string.len(ARGV[2])) ~= ARGV[2] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-return 1
+if string.sub(current, 1, string.len(ARGV[3])) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 """
+    + _INDEX_LUA
+    + "return 1\n"
+)
+# Same keys and arguments (ARGV[3] unused). Returns 1 when created, 0 when taken.
+ADD_SCRIPT = (
+    """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+"""
+    + _INDEX_LUA
+    + "return 1\n"
+)
 
 
 def _unavailable(exc: Exception, what: str) -> SessionStoreUnavailable:
@@ -41,10 +68,17 @@ def _unavailable(exc: Exception, what: str) -> SessionStoreUnavailable:
 
 
 class RedisByteStore:
-    def __init__(self, client: Callable[[], Any], make_key: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        client: Callable[[], Any],
+        make_key: Callable[[str], str],
+        *,
+        supports_user_index: bool = True,
+    ) -> None:
         self._client = client
         self._make_key = make_key
-        self._script: Any = None
+        self.supports_user_index = supports_user_index
+        self._scripts: dict[str, Any] = {}
 
     @classmethod
     def from_cache(cls, cache: Any) -> RedisByteStore:
@@ -60,10 +94,32 @@ class RedisByteStore:
                 )
             return cls(lambda: client.get_client(write=True), make_key)
         inner = cache._cache  # Django's RedisCacheClient (or the cluster one)
-        return cls(lambda: inner.get_client(None, write=True), make_key)
+        from ..cache import RedisClusterCacheClient
+
+        return cls(
+            lambda: inner.get_client(None, write=True),
+            make_key,
+            supports_user_index=not isinstance(inner, RedisClusterCacheClient),
+        )
 
     def _key(self, key: str) -> str:
         return str(self._make_key(KEY_NAMESPACE + key))
+
+    def _index_key(self, user: str) -> str:
+        return str(self._make_key(KEY_NAMESPACE + "user:" + user))
+
+    def _run_script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._client()
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = client.register_script(source)
+        return script(keys=keys, args=args, client=client)
+
+    def _keys(self, key: str, user: str | None) -> list[str]:
+        keys = [self._key(key)]
+        if user is not None and self.supports_user_index:
+            keys.append(self._index_key(user))
+        return keys
 
     def get(self, key: str) -> tuple[bytes, Any] | None:
         try:
@@ -74,27 +130,47 @@ class RedisByteStore:
             return None
         return value, peek_version(value)
 
-    def add(self, key: str, value: memoryview, ttl: int, version: int) -> Any | None:
+    def add(
+        self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
+    ) -> Any | None:
         try:
-            created = self._client().set(self._key(key), bytes(value), ex=ttl, nx=True)
+            if user is None or not self.supports_user_index:
+                created = self._client().set(self._key(key), bytes(value), ex=ttl, nx=True)
+            else:
+                created = self._run_script(
+                    "add", ADD_SCRIPT, self._keys(key, user), [bytes(value), ttl, b"", key]
+                )
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, "create a session") from exc
         return version if created else None
 
-    def cas(self, key: str, value: memoryview, ttl: int, token: Any, version: int) -> Any | None:
+    def cas(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        token: Any,
+        version: int,
+        user: str | None = None,
+    ) -> Any | None:
         if token is None:
             return None
-        return version if self.replace(key, value, ttl, token) else None
+        return version if self.replace(key, value, ttl, token, user) else None
 
-    def replace(self, key: str, value: memoryview, ttl: int, expected_version: int) -> bool:
+    def replace(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        expected_version: int,
+        user: str | None = None,
+    ) -> bool:
         try:
-            client = self._client()
-            if self._script is None:
-                self._script = client.register_script(CAS_SCRIPT)
-            outcome = self._script(
-                keys=[self._key(key)],
-                args=[bytes(value), version_head(expected_version), ttl],
-                client=client,
+            outcome = self._run_script(
+                "cas",
+                CAS_SCRIPT,
+                self._keys(key, user),
+                [bytes(value), ttl, version_head(expected_version), key],
             )
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, "save a session") from exc
@@ -105,3 +181,22 @@ class RedisByteStore:
             return bool(self._client().delete(self._key(key)))
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, "delete a session") from exc
+
+    # -- per-user index -------------------------------------------------------------
+
+    def user_members(self, user: str) -> list[str]:
+        """Store keys of the user's sessions (possibly some that ended since)."""
+        try:
+            members = self._client().smembers(self._index_key(user))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc, "list a user's sessions") from exc
+        return sorted(m.decode("ascii") if isinstance(m, bytes) else str(m) for m in members)
+
+    def forget_members(self, user: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        try:
+            self._client().srem(self._index_key(user), *keys)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc, "update a user's session index") from exc
