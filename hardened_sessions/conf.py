@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
 MIN_MAX_BYTES = 256
 MAX_MAX_BYTES = 16 * 1024 * 1024
 MAX_KEY_ATTEMPTS = 100
+MAX_TIMEOUT = 10 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,10 @@ def validate(raw: Any) -> list[str]:
         )
     for name in ("IDLE_TIMEOUT", "ABSOLUTE_TIMEOUT", "TOUCH_INTERVAL"):
         value = merged[name]
-        if value is not None and (not _is_int(value) or value <= 0):
+        if value is not None and (not _is_int(value) or not 0 < value <= MAX_TIMEOUT):
             problems.append(
-                f"HARDENED_SESSIONS[{name!r}] must be None or a positive number of seconds, "
-                f"not {value!r}."
+                f"HARDENED_SESSIONS[{name!r}] must be None or a number of seconds from 1 to "
+                f"{MAX_TIMEOUT} (ten years), not {value!r}."
             )
     attempts = merged["KEY_ATTEMPTS"]
     if not _is_int(attempts) or not 1 <= attempts <= MAX_KEY_ATTEMPTS:

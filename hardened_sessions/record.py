@@ -37,6 +37,7 @@ from .exceptions import SessionTooLarge
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_TIMESTAMP",
     "PREFIX",
     "CorruptRecord",
     "Record",
@@ -116,6 +117,9 @@ def _parse_float(text: str) -> float:
 
 _decoder = json.JSONDecoder(parse_float=_parse_float, parse_constant=_reject_constant)
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ascii_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+# Timestamps beyond this (the year 5138) are corrupt, not far-future sessions.
+MAX_TIMESTAMP = 10**11
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -126,10 +130,14 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
             return True
         if isinstance(node, dict):
             stack.extend(
-                (child, depth + 1) for child in node.values() if isinstance(child, (dict, list))
+                (child, depth + 1)
+                for child in node.values()
+                if isinstance(child, (dict, list, tuple))
             )
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+        elif isinstance(node, (list, tuple)):
+            stack.extend(
+                (child, depth + 1) for child in node if isinstance(child, (dict, list, tuple))
+            )
     return False
 
 
@@ -141,6 +149,15 @@ def _may_be_too_deep(payload: bytes) -> bool:
 
 def encode_data(record: Record) -> bytes:
     """The payload JSON of ``record`` (raises ``TypeError``/``ValueError`` for data JSON can't hold)."""
+    for moment in (
+        record.created,
+        record.activity,
+        record.expiry,
+        record.idle_deadline or 0,
+        record.absolute_deadline or 0,
+    ):
+        if not 0 <= moment <= MAX_TIMESTAMP:
+            raise ValueError(f"A session timestamp ({moment}) is out of range.")
     payload = {
         "n": record.version,
         "c": record.created,
@@ -151,9 +168,15 @@ def encode_data(record: Record) -> bytes:
         "d": record.data,
     }
     try:
-        body = _encoder.encode(payload).encode("utf-8")
+        text = _encoder.encode(payload)
     except RecursionError:
         raise ValueError("The session data is nested too deeply to be stored.") from None
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (from json.loads of a request body, say) has no UTF-8 form:
+        # escape it as JSON does, which reads back to the same string.
+        body = _ascii_encoder.encode(payload).encode("ascii")
     if _may_be_too_deep(body) and _depth_exceeds(record.data, MAX_DEPTH - 1):
         raise ValueError(f"The session data is nested deeper than {MAX_DEPTH - 1} levels.")
     return body
@@ -190,6 +213,8 @@ def _int(payload: dict[str, Any], name: str, *, nullable: bool = False) -> Any:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise CorruptRecord(f"field {name!r} is not a non-negative integer")
+    if name != "n" and value > MAX_TIMESTAMP:
+        raise CorruptRecord(f"field {name!r} is out of range")
     return value
 
 

@@ -177,7 +177,8 @@ class HardenedSessionBase(SessionBase):
             version=(base.version + 1) if base is not None else 1,
             created=created,
             activity=now_s,
-            expiry=now_s + int(age),
+            # A far-future set_expiry() is capped, not refused: the record must stay loadable.
+            expiry=max(0, min(now_s + int(age), record.MAX_TIMESTAMP)),
             idle_deadline=(now_s + config.idle_timeout) if config.idle_timeout else None,
             absolute_deadline=(created + config.absolute_timeout)
             if config.absolute_timeout
@@ -618,6 +619,12 @@ class HardenedSessionBase(SessionBase):
             old_key = self.session_key
             had_record = self._record is not None
             data = dict(data)
+        # Refuse what create() would refuse (over MAX_BYTES, not JSON) before the old
+        # record is deleted: a rotation that cannot complete leaves the session as it was.
+        with self.pool.buffer() as probe:
+            record.encode(
+                self._fresh_record(data, time.time(), base=None), "", probe, self.config.max_bytes
+            )
         if old_key is not None and had_record:
             store_key = keys.store_key(old_key)
             try:
