@@ -23,6 +23,9 @@ from django.test import override_settings
 
 from tests.routers import SessionsAliasRouter
 
+# Real Redis and memcached servers, and the session caches built on them.
+pytest_plugins = ["tests.servers"]
+
 # Alias -> environment variable that configures it (None: always configured).
 DATABASE_ALIASES: dict[str, str | None] = {
     "default": None,

@@ -6,10 +6,11 @@ records, and every copy is checked like the original on load.
 
 * load: the cache first; on a miss, the database, and the record it returns
   is added to the cache (``add``: never over a newer copy);
-* save: the version-checked ``UPDATE`` in the database, then the cached copy is
-  replaced if it holds the version this save started from; otherwise it is
-  deleted (the next load fills it). If the cache fails there, the save
-  reports ``SessionStoreUnavailable``: a stale copy must not outlive it;
+* save: the cached copy is deleted (if the cache can't, the save fails before
+  anything changed), then the version-checked ``UPDATE``, then the new record
+  is added to the cache; a copy a concurrent load put there meanwhile is dropped.
+  A load that fills the cache re-reads the row's version afterwards and drops a
+  copy that a concurrent save or delete made stale;
 * delete: cache delete (abort with ``SessionStoreUnavailable`` if it fails),
   then the row, then the cache again: never a success while a cached copy
   still loads. (Stock Django deletes the row first and ignores a failing cache
@@ -50,10 +51,28 @@ class SessionStore(DBStore):
             return
         self._fill_cache = False
         try:
-            self._cache.add(store_key, memoryview(raw), ttl_for(rec), rec.version)
+            if self._cache.add(store_key, memoryview(raw), ttl_for(rec), rec.version) is None:
+                return
+            # A save or delete may have run between our read and the add: a copy that
+            # is not the row's current version must not stay.
+            if self._primary_version(store_key) != rec.version:
+                self._cache.delete(store_key)
         except SessionStoreUnavailable:
             # The database answered; the copy is only an optimisation.
             logger.info("Could not cache session %s….", hash_prefix(store_key))
+
+    def _primary_version(self, store_key: str) -> int | None:
+        alias = self._db_write()
+        versions = self._run(
+            alias,
+            lambda: list(
+                self.model.objects.using(alias)
+                .filter(pk=store_key)
+                .values_list("version", flat=True)[:1]
+            ),
+            "read a session's version",
+        )
+        return versions[0] if versions else None
 
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
         token = super()._write_new(store_key, data, rec)
@@ -64,9 +83,15 @@ class SessionStore(DBStore):
     def _write_update(
         self, store_key: str, data: memoryview, rec: Record, token: Token
     ) -> Token | None:
+        # Drop the copy first: if the cache can't, nothing has changed yet and the save
+        # fails; a copy of the old version can never outlive this save.
+        self._cache.delete(store_key)
         new_token = super()._write_update(store_key, data, rec, token)
-        if new_token is not None and not self._cache.replace(store_key, data, ttl_for(rec), token):
-            # The copy was absent or at another version: drop it, the next load refills.
+        if (
+            new_token is not None
+            and self._cache.add(store_key, data, ttl_for(rec), rec.version) is None
+        ):
+            # A concurrent load filled in an older copy meanwhile: drop it.
             self._cache.delete(store_key)
         return new_token
 

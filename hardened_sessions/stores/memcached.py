@@ -72,16 +72,22 @@ class MemcachedByteStore:
         return str(self._make_key(KEY_NAMESPACE + key))
 
     def _check_node(self, k: str) -> None:
-        # pymemcache answers "not found" for a server inside its retry window; here
-        # that must be an outage, not a missing session.
+        # Inside pymemcache's retry window a failing server answers "not found" /
+        # "not stored" without any I/O; here that must be an outage, not a missing or
+        # deleted session. (Past the window the call goes through, so that pymemcache
+        # retries the server and, if it still fails, declares it dead.)
         client = self._client
-        failed = getattr(client, "_failed_clients", None)
-        if failed:
-            node = client.hasher.get_node(k)
-            if node in failed:
-                raise SessionStoreUnavailable(
-                    "The memcached server holding this session is failing."
-                )
+        failed = client._failed_clients
+        if not failed:
+            return
+        member = client.clients.get(client.hasher.get_node(k))
+        state = failed.get(member.server) if member is not None else None
+        if (
+            state is not None
+            and state["attempts"] < client.retry_attempts
+            and time.time() - state["failed_time"] <= client.retry_timeout
+        ):
+            raise SessionStoreUnavailable("The memcached server holding this session is failing.")
 
     def _run(self, what: str, k: str, command: str, *args: Any, **kwargs: Any) -> Any:
         self._check_node(k)
@@ -94,7 +100,10 @@ class MemcachedByteStore:
 
     def get(self, key: str) -> tuple[bytes, Any] | None:
         k = self._key(key)
-        value, unique = self._run("read a session", k, "gets")
+        answer = self._run("read a session", k, "gets")
+        if answer is None:  # pymemcache's default when it did not ask any server
+            raise SessionStoreUnavailable("memcached gave no answer for a session.")
+        value, unique = answer
         if value is None:
             return None
         return value, unique
@@ -117,7 +126,10 @@ class MemcachedByteStore:
     ) -> Any | None:
         k = self._key(key)
         if isinstance(token, _Written):
-            current, unique = self._run("read a session", k, "gets")
+            answer = self._run("read a session", k, "gets")
+            if answer is None:
+                raise SessionStoreUnavailable("memcached gave no answer for a session.")
+            current, unique = answer
             if current is None or peek_version(current) != token.version:
                 return None
             token = unique

@@ -1,0 +1,441 @@
+"""Threat: a stale cached copy keeps a logged-out (or changed) session alive.
+
+Stock Django's ``cached_db`` deletes the database row first and the cached copy
+second; when the cache delete fails (server down, network partition), the logout
+"succeeds" or errors out with the row gone, and the copy keeps loading until it
+expires. ``hardened_sessions.backends.cached_db`` deletes the copy first and gives up
+with ``SessionStoreUnavailable`` if it cannot, keeps its copies in step with every
+save, and treats the database as the truth.
+
+Faults are real: a server fixture is stopped (a crash: the server comes back
+empty), or a :class:`~tests.servers.FaultProxy` in front of it cuts the network
+while the server keeps everything it holds (a partition: the dangerous case, since
+the copy survives). The races between two requests are forced at the one seam
+where timing cannot be arranged from outside: a wrapper around the engine's cache
+store that runs the other request just before the copy is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.sessions.backends.base import UpdateError
+from django.db import connection
+from django.test import override_settings
+
+from hardened_sessions import record
+from hardened_sessions.backends.cached_db import SessionStore
+from hardened_sessions.exceptions import SessionStoreUnavailable
+from hardened_sessions.keys import store_key
+from hardened_sessions.models import HardenedSession
+from tests.conftest import require_server
+from tests.servers import (
+    FaultProxy,
+    RawCache,
+    Server,
+    cache_settings,
+    flush_variant,
+    memcached_ttl,
+    sessions_cache,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REAL_STORES = ["django-redis", "django-rediscache", "pymemcache"]
+# pymemcache's retry window for a failing server (seconds), kept short.
+RETRY_TIMEOUT = 0.3
+# Short socket timeouts, so that an unreachable server fails a request quickly.
+FAST_FAIL = {
+    "django-redis": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+    "django-rediscache": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    "pymemcache": {
+        "no_delay": True,
+        "connect_timeout": 1,
+        "timeout": 1,
+        "retry_timeout": RETRY_TIMEOUT,
+    },
+}
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def row(session_key: str) -> HardenedSession | None:
+    return HardenedSession.objects.filter(pk=store_key(session_key)).first()
+
+
+def logged_in(data: dict[str, Any] | None = None) -> SessionStore:
+    """A saved session whose copy is in the cache (a load after the save fills it)."""
+    session = SessionStore()
+    session.update(data if data is not None else {"_auth_user_id": "7", "sudo": True})
+    session.save()
+    assert SessionStore(session.session_key).load() == dict(session.items())
+    return session
+
+
+def attempt_delete(session_key: str) -> str:
+    """One request's logout: 'deleted' or 'unavailable'."""
+    try:
+        SessionStore(session_key).delete()
+    except SessionStoreUnavailable:
+        return "unavailable"
+    return "deleted"
+
+
+def gone_everywhere(session_key: str, raw: RawCache) -> None:
+    assert row(session_key) is None
+    assert raw.get(raw.key(store_key(session_key))) is None
+    fresh = SessionStore(session_key)
+    assert fresh.load() == {}
+    assert fresh.exists(session_key) is False
+
+
+def real_servers(variant: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if variant == "pymemcache":
+        return {"memcached": request.getfixturevalue("memcached_servers")}
+    return {"redis": request.getfixturevalue("redis_server")}
+
+
+def holder(raw: RawCache, session_key: str, servers: dict[str, Any]) -> Server:
+    """The server that holds the session's cached copy."""
+    key = raw.key(store_key(session_key))
+    if "redis" in servers:
+        return servers["redis"]  # type: ignore[no-any-return]
+    for server in servers["memcached"]:
+        if memcached_ttl(server, key) is not None:
+            return server  # type: ignore[no-any-return]
+    raise AssertionError("no memcached server holds the session's copy")
+
+
+def settle(variant: str) -> None:
+    """Let pymemcache's retry window for a failed server pass, so it is tried again."""
+    if variant == "pymemcache":
+        time.sleep(RETRY_TIMEOUT + 0.2)
+
+
+class Partition:
+    """The variant's cache reached through fault proxies: ``cut(server)`` partitions one."""
+
+    def __init__(self, proxies: dict[str, FaultProxy]) -> None:
+        self.proxies = proxies
+
+    def cut(self, server: Server) -> None:
+        self.proxies[server.address].cut()
+
+    def restore(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.restore()
+
+
+def variant_param() -> Any:
+    return pytest.mark.parametrize(
+        "variant", [pytest.param(variant, id=variant) for variant in REAL_STORES]
+    )
+
+
+@pytest.fixture
+def direct_cache(
+    variant: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[RawCache, dict[str, Any]]]:
+    """The variant's cache on its servers directly (for stopping them)."""
+    servers = real_servers(variant, request)
+    config = cache_settings(variant, options=FAST_FAIL[variant], **servers)
+    with sessions_cache(config) as alias:
+        raw = RawCache(variant, servers, alias)
+        flush_variant(variant, servers)
+        yield raw, servers
+    flush_variant(variant, servers)
+
+
+@pytest.fixture
+def partitioned_cache(
+    variant: str,
+    request: pytest.FixtureRequest,
+    fault_proxy: Callable[[Server], FaultProxy],
+) -> Iterator[tuple[RawCache, dict[str, Any], Partition]]:
+    """The variant's cache reached through one fault proxy per server."""
+    servers = real_servers(variant, request)
+    for server in servers.get("memcached") or [servers.get("redis")]:
+        if not server.managed:
+            require_server(server.kind, "cutting the network needs servers started by the tests")
+    proxies = {s.address: fault_proxy(s) for s in servers.get("memcached") or [servers["redis"]]}
+    if variant == "pymemcache":
+        proxied = {"memcached": [p.as_server() for p in proxies.values()]}
+    else:
+        proxied = {"redis": next(iter(proxies.values())).as_server()}
+    config = cache_settings(variant, options=FAST_FAIL[variant], **proxied)
+    with sessions_cache(config) as alias:
+        raw = RawCache(variant, servers, alias)  # straight to the servers, past the proxies
+        flush_variant(variant, servers)
+        yield raw, servers, Partition(proxies)
+    flush_variant(variant, servers)
+
+
+# --- deletes fail closed -------------------------------------------------------------------
+
+
+@variant_param()
+def test_delete_while_the_cache_server_is_down_fails_and_keeps_the_row(
+    variant: str,
+    direct_cache: tuple[RawCache, dict[str, Any]],
+    revive_servers: Callable[[Server], Server],
+) -> None:
+    raw, servers = direct_cache
+    session = logged_in()
+    key = session.session_key
+    server = revive_servers(holder(raw, key, servers))
+
+    server.stop()
+    with pytest.raises(SessionStoreUnavailable):
+        SessionStore(key).delete()
+    # Nothing half-done: the row (the truth) is still there.
+    assert row(key) is not None
+
+    server.start()
+    settle(variant)
+    SessionStore(key).delete()
+    gone_everywhere(key, raw)
+
+
+@variant_param()
+def test_delete_during_a_partition_never_succeeds_while_the_copy_survives(
+    variant: str,
+    partitioned_cache: tuple[RawCache, dict[str, Any], Partition],
+) -> None:
+    raw, servers, partition = partitioned_cache
+    session = logged_in({"_auth_user_id": "7", "sudo": True})
+    key = session.session_key
+    partition.cut(holder(raw, key, servers))
+
+    # The user presses "log out" three times while the cache is unreachable.
+    outcomes = [attempt_delete(key) for _ in range(3)]
+
+    partition.restore()
+    settle(variant)
+    loaded = SessionStore(key).load()
+    still_in_db = row(key) is not None
+    assert still_in_db or loaded == {}, (
+        f"logout reported {outcomes} and removed the row, but the cached copy still loads: {loaded}"
+    )
+    assert outcomes == ["unavailable"] * 3
+    # The logout never happened: the session is whole and consistent.
+    assert loaded == {"_auth_user_id": "7", "sudo": True}
+
+    SessionStore(key).delete()
+    gone_everywhere(key, raw)
+
+
+@variant_param()
+def test_a_failing_cache_node_answers_unavailable_never_a_miss_or_a_crash(
+    variant: str,
+    partitioned_cache: tuple[RawCache, dict[str, Any], Partition],
+) -> None:
+    raw, servers, partition = partitioned_cache
+    session = logged_in({"_auth_user_id": "7"})
+    key = session.session_key
+    partition.cut(holder(raw, key, servers))
+
+    results = []
+    for _ in range(3):
+        try:
+            results.append(SessionStore(key).load())
+        except SessionStoreUnavailable:
+            results.append("unavailable")
+    assert results == ["unavailable"] * 3
+
+
+# --- saves keep the copy in step -----------------------------------------------------------
+
+
+@variant_param()
+def test_a_save_the_cache_missed_leaves_no_older_copy_behind(
+    variant: str,
+    partitioned_cache: tuple[RawCache, dict[str, Any], Partition],
+) -> None:
+    raw, servers, partition = partitioned_cache
+    session = logged_in({"_auth_user_id": "7", "sudo": True})
+    key = session.session_key
+    request = SessionStore(key)
+    assert request["sudo"] is True
+    partition.cut(holder(raw, key, servers))
+
+    del request["sudo"]  # sudo mode ends
+    with suppress(SessionStoreUnavailable):  # reported is fine, if what loads is consistent
+        request.save()
+
+    partition.restore()
+    settle(variant)
+    in_db = record.decode(bytes(row(key).data), store_key(key), 65536).data  # type: ignore[union-attr]
+    assert SessionStore(key).load() == in_db
+
+
+def test_a_save_writes_through_to_the_cached_copy(raw_session_cache: RawCache) -> None:
+    session = logged_in({"_auth_user_id": "7", "sudo": True})
+    key = session.session_key
+    cache_key = raw_session_cache.key(store_key(key))
+    before = record.peek_version(raw_session_cache.get(cache_key) or b"")
+
+    request = SessionStore(key)
+    del request["sudo"]
+    request["step"] = 2
+    request.save()
+
+    copy = raw_session_cache.get(cache_key)
+    assert copy is not None
+    assert record.peek_version(copy) == before + 1 == row(key).version  # type: ignore[operator, union-attr]
+    assert record.decode(copy, store_key(key), 65536).data == {"_auth_user_id": "7", "step": 2}
+    assert bytes(row(key).data) == copy  # type: ignore[union-attr]
+    assert SessionStore(key).load() == {"_auth_user_id": "7", "step": 2}
+
+
+def test_racing_saves_leave_the_newest_version_in_the_cache(raw_session_cache: RawCache) -> None:
+    session = logged_in({"_auth_user_id": "7", "sudo": True, "cart": 1})
+    key = session.session_key
+    cache_key = raw_session_cache.key(store_key(key))
+    first, second = SessionStore(key), SessionStore(key)
+    assert first["sudo"] is True and second["sudo"] is True
+
+    del second["sudo"]  # e.g. sudo mode ends
+    second.save()
+    first["cart"] = 2  # an older request, loaded before that
+    first.save()
+
+    copy = raw_session_cache.get(cache_key)
+    assert copy is not None
+    assert record.peek_version(copy) == row(key).version  # type: ignore[union-attr]
+    expected = {"_auth_user_id": "7", "cart": 2}
+    assert record.decode(copy, store_key(key), 65536).data == expected
+    assert SessionStore(key).load() == expected
+
+
+class BeforeCacheAdd:
+    """Wraps a session's cache store: runs ``other`` right before the copy is added.
+
+    That is the moment a concurrent request can act between this request's database
+    read and its cache fill; nothing outside the process can hold it there.
+    """
+
+    def __init__(self, store: Any, other: Callable[[], None]) -> None:
+        self._store = store
+        self._other = other
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def add(self, *args: Any) -> Any:
+        other, self._other = self._other, lambda: None
+        other()
+        return self._store.add(*args)
+
+
+def test_an_older_copy_is_not_served_after_a_newer_save(raw_session_cache: RawCache) -> None:
+    session = SessionStore()
+    session.update({"_auth_user_id": "7", "sudo": True})
+    session.save()
+    key = session.session_key
+    other = SessionStore(key)
+    assert other["sudo"] is True  # another request loads it (and fills the cache) ...
+    raw_session_cache.delete(raw_session_cache.key(store_key(key)))  # ... then it's evicted
+
+    def end_sudo() -> None:
+        del other["sudo"]
+        other.save()
+
+    slow = SessionStore(key)
+    slow._cache = BeforeCacheAdd(slow._cache, end_sudo)
+    slow.load()  # reads version 1 from the database, then the other request saves
+
+    assert SessionStore(key).load() == {"_auth_user_id": "7"}
+
+
+def test_a_deleted_session_is_not_put_back_by_a_concurrent_load(
+    raw_session_cache: RawCache,
+) -> None:
+    session = SessionStore()
+    session.update({"_auth_user_id": "7"})
+    session.save()
+    key = session.session_key
+
+    slow = SessionStore(key)
+    slow._cache = BeforeCacheAdd(slow._cache, lambda: SessionStore(key).delete())
+    slow.load()  # reads the row, then the user logs out in another request
+
+    assert row(key) is None
+    assert SessionStore(key).load() == {}
+
+
+# --- the database is the truth -------------------------------------------------------------
+
+
+def test_deleting_the_row_and_the_copy_ends_the_session(raw_session_cache: RawCache) -> None:
+    session = logged_in()
+    key = session.session_key
+    HardenedSession.objects.filter(pk=store_key(key)).delete()
+    raw_session_cache.delete(raw_session_cache.key(store_key(key)))
+
+    gone_everywhere(key, raw_session_cache)
+
+
+def test_a_save_never_recreates_a_row_deleted_behind_the_cache(
+    raw_session_cache: RawCache,
+) -> None:
+    session = logged_in({"_auth_user_id": "7"})
+    key = session.session_key
+    request = SessionStore(key)
+    assert request["_auth_user_id"] == "7"  # loaded from the cached copy
+
+    HardenedSession.objects.filter(pk=store_key(key)).delete()  # e.g. an admin's revoke
+    request["step"] = 2
+    with pytest.raises(UpdateError):
+        request.save()
+    assert row(key) is None
+
+
+# --- the stock failure mode, for comparison ------------------------------------------------
+
+
+@pytest.fixture
+def stock_sessions_app() -> Iterator[Any]:
+    """django.contrib.sessions installed for one test, with its table created."""
+    apps = [*settings.INSTALLED_APPS, "django.contrib.sessions"]
+    with override_settings(INSTALLED_APPS=apps):
+        from django.contrib.sessions.models import Session
+
+        with connection.schema_editor() as editor:
+            editor.create_model(Session)
+        try:
+            yield Session
+        finally:
+            with connection.schema_editor() as editor:
+                editor.delete_model(Session)
+
+
+@pytest.mark.parametrize("variant", ["django-rediscache"])
+def test_stock_cached_db_keeps_a_logged_out_session_in_the_cache(
+    variant: str,
+    partitioned_cache: tuple[RawCache, dict[str, Any], Partition],
+    stock_sessions_app: Any,
+) -> None:
+    from django.contrib.sessions.backends.cached_db import SessionStore as StockStore
+
+    _raw, servers, partition = partitioned_cache
+    session = StockStore()
+    session.update({"_auth_user_id": "7"})
+    session.save()
+    key = session.session_key
+
+    partition.cut(servers["redis"])
+    logout = StockStore(key)
+    with pytest.raises(Exception) as failure:  # noqa: PT011 - whatever the client raises
+        logout.flush()  # what django.contrib.auth.logout() calls
+    assert "redis" in type(failure.value).__module__
+    assert not stock_sessions_app.objects.filter(pk=key).exists()  # the row is gone
+
+    partition.restore()
+    # ... but the copy still loads: the logged-out session is alive again.
+    assert StockStore(key).load() == {"_auth_user_id": "7"}
