@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBase
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html_join
-from django.utils.safestring import SafeString
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -28,6 +32,29 @@ from .models import HardenedSession
 from .revoke import revoke_sessions
 
 __all__ = ["HardenedSessionAdmin", "describe_value"]
+
+# Rows are named in the admin's HTML and URLs by this many hex digits of their key
+# hash, never by the whole hash (64 bits: unambiguous in practice; a name that is
+# ambiguous matches no row).
+ROW_ID_LENGTH = 16
+_HEX = frozenset("0123456789abcdef")
+
+
+def row_id(obj: HardenedSession) -> str:
+    return obj.key_hash[:ROW_ID_LENGTH]
+
+
+def _is_row_id(value: object) -> bool:
+    return isinstance(value, str) and len(value) == ROW_ID_LENGTH and _HEX.issuperset(value)
+
+
+class _ChangeList(ChangeList):
+    def url_for_result(self, result: Any) -> str:
+        return reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=(row_id(result),),
+            current_app=self.model_admin.admin_site.name,
+        )
 
 
 def describe_value(value: Any) -> str:
@@ -131,6 +158,50 @@ class HardenedSessionAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).defer("data")
 
+    # -- rows are named by a prefix of their key hash, never the whole hash ----------
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _ChangeList
+
+    @admin.display(description=mark_safe('<input type="checkbox" id="action-toggle">'))
+    def action_checkbox(self, obj: HardenedSession) -> SafeString:
+        attrs = {
+            "class": "action-select",
+            "aria-label": format_html(str(_("Select this object for an action - {}")), obj),
+        }
+        checkbox = forms.CheckboxInput(attrs, lambda value: False)
+        return checkbox.render(helpers.ACTION_CHECKBOX_NAME, row_id(obj))
+
+    def _key_hashes(self, queryset: QuerySet[Any], row_ids: list[str]) -> list[str]:
+        """The key hashes the row names denote (each must name exactly one row)."""
+        found = []
+        for rid in dict.fromkeys(r for r in row_ids if _is_row_id(r)):
+            matches = list(
+                queryset.filter(key_hash__startswith=rid).values_list("pk", flat=True)[:2]
+            )
+            if len(matches) == 1:
+                found.append(matches[0])
+        return found
+
+    def response_action(  # type: ignore[override]
+        self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
+    ) -> HttpResponseBase | None:
+        post = request.POST.copy()
+        post.setlist(
+            helpers.ACTION_CHECKBOX_NAME,
+            self._key_hashes(queryset, post.getlist(helpers.ACTION_CHECKBOX_NAME)),
+        )
+        request.POST = post  # type: ignore[assignment]
+        return super().response_action(request, queryset, *args, **kwargs)
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> Any:
+        if from_field is not None or not _is_row_id(object_id):
+            return None
+        matches = list(self.get_queryset(request).filter(key_hash__startswith=object_id)[:2])
+        return matches[0] if len(matches) == 1 else None
+
     # -- columns -----------------------------------------------------------------
 
     @admin.display(description=_("session"), ordering="key_hash")
@@ -194,7 +265,11 @@ class HardenedSessionAdmin(admin.ModelAdmin):
 
     def _revoke(self, request: HttpRequest, rows: QuerySet[Any], reason: str) -> int:
         victims = list(rows)
-        ended = revoke_sessions([row.key_hash for row in victims], reason=reason)
+        ended = revoke_sessions(
+            [row.key_hash for row in victims],
+            reason=reason,
+            user_ids={row.key_hash: row.user_id for row in victims},
+        )
         if victims:
             self.log_deletions(request, victims)  # type: ignore[arg-type]
         return ended

@@ -143,9 +143,11 @@ def _cache_checks() -> list[CheckMessage]:
 
 def _cookie_name_checks() -> list[CheckMessage]:
     name = settings.SESSION_COOKIE_NAME
+    # Browsers match the prefixes case-insensitively (RFC 6265bis).
+    lowered = name.lower()
     secure = bool(settings.SESSION_COOKIE_SECURE)
     messages: list[CheckMessage] = []
-    if name.startswith("__Host-"):
+    if lowered.startswith("__host-"):
         if not secure or settings.SESSION_COOKIE_DOMAIN or settings.SESSION_COOKIE_PATH != "/":
             messages.append(
                 Error(
@@ -156,7 +158,7 @@ def _cookie_name_checks() -> list[CheckMessage]:
                     id="hardened_sessions.E004",
                 )
             )
-    elif name.startswith("__Secure-") and not secure:
+    elif lowered.startswith("__secure-") and not secure:
         messages.append(
             Error(
                 f"SESSION_COOKIE_NAME {name!r} uses the __Secure- prefix, which browsers only "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import import_module
 from typing import Any
 
@@ -114,15 +114,25 @@ def user_sessions(user: Any) -> list[Any]:
     )
 
 
-def revoke_sessions(key_hashes: Iterable[str], *, reason: str = "revoked") -> int:
-    """End the sessions stored under these key hashes; return how many were ended."""
+def revoke_sessions(
+    key_hashes: Iterable[str],
+    *,
+    reason: str = "revoked",
+    user_ids: Mapping[str, str | None] | None = None,
+) -> int:
+    """End the sessions stored under these key hashes; return how many were ended.
+    ``user_ids`` (key hash -> user pk) names the users in the ``session_revoked`` signals."""
     store = _store_class()()
+    users = user_ids or {}
     ended = 0
     for key_hash in key_hashes:
         if store.revoke(key_hash):
             ended += 1
             session_revoked.send(
-                sender=type(store), key_hash_prefix=key_hash[:8], user_id=None, reason=reason
+                sender=type(store),
+                key_hash_prefix=key_hash[:8],
+                user_id=users.get(key_hash),
+                reason=reason,
             )
     return ended
 

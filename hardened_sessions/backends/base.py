@@ -571,18 +571,26 @@ class HardenedSessionBase(SessionBase):
             if others is not None:
                 # Bring the other requests' changes into memory too, keeping whatever
                 # this request changed since (so the next save diffs against the truth).
-                theirs_changed, theirs_deleted = _diff(
-                    record.decode_payload_data(base.payload), others.data
-                )
-                ours_changed, ours_deleted = _diff(
-                    record.decode_payload_data(base.payload),
-                    record.decode_payload_data(snapshot.payload),
-                )
+                base_data = record.decode_payload_data(base.payload)
+                snapshot_data = record.decode_payload_data(snapshot.payload)
+                theirs_changed, theirs_deleted = _diff(base_data, others.data)
+                ours_changed, ours_deleted = _diff(base_data, snapshot_data)
                 for k in set(ours_changed) | ours_deleted:
                     theirs_changed.pop(k, None)
                     theirs_deleted.discard(k)
                 session = self._get_session(no_load=True)
-                _apply(session, theirs_changed, theirs_deleted)
+                # A key changed in memory after the snapshot was taken (by this thread
+                # or another one) is newer than both records: leave it alone.
+                changed_since = {
+                    k
+                    for k in set(theirs_changed) | theirs_deleted
+                    if session.get(k, _NOT_GIVEN) != snapshot_data.get(k, _NOT_GIVEN)
+                }
+                _apply(
+                    session,
+                    {k: v for k, v in theirs_changed.items() if k not in changed_since},
+                    theirs_deleted - changed_since,
+                )
             self._record = rec
             self._token = token
             self._cleared = False

@@ -14,10 +14,11 @@ the routers choose (``db_for_read`` for loads, ``db_for_write`` for the rest).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -48,6 +49,20 @@ _LOCK_RETRY_PAUSES = (0.05, 0.1, 0.2)
 def _is_transient(exc: DatabaseError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text or "deadlock" in text
+
+
+def ip_or_none(value: str | None) -> str | None:
+    """``value`` if it is an IP address the column can hold, else ``None``: REMOTE_ADDR
+    holds whatever the server, a proxy or a middleware put there."""
+    if not value:
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if getattr(address, "scope_id", None):  # fe80::1%eth0: no inet column takes it
+        return None
+    return str(address)
 
 
 def moment_of(ts: int) -> datetime:
@@ -111,7 +126,7 @@ class SessionStore(HardenedSessionBase):
             "version": rec.version,
         }
         if self.device is not None:
-            columns["ip_address"] = self.device.get("ip") or None
+            columns["ip_address"] = ip_or_none(self.device.get("ip"))
             columns["user_agent"] = (self.device.get("user_agent") or "")[:300]
         return columns
 
@@ -188,13 +203,17 @@ class SessionStore(HardenedSessionBase):
         previous = self._record.user_id if self._record is not None else None
         if cap is None or rec.user_id is None or rec.user_id == previous:
             return
+        from django.utils import timezone
+
         alias = self._db_write()
         user_id = rec.user_id
+        now = timezone.now()
         others = self._run(
             alias,
             lambda: list(
                 self.model.objects.using(alias)
-                .filter(user_id=user_id)
+                # Expired rows not swept yet are no sessions: they take no slot.
+                .filter(user_id=user_id, expire_date__gt=now)
                 .exclude(pk=store_key)
                 .order_by("-created", "-last_activity")
                 .values_list("pk", flat=True)
@@ -219,8 +238,27 @@ class SessionStore(HardenedSessionBase):
         )
         return bool(deleted)
 
-    def _conflict_guard(self) -> AbstractContextManager[Any]:
-        return transaction.atomic(using=self._db_write())
+    @contextmanager
+    def _conflict_guard(self) -> Iterator[None]:
+        # The transaction's BEGIN (IMMEDIATE on SQLite: it takes the write lock) and its
+        # COMMIT meet a locked or failing database like any other statement: retried
+        # within the bound, then SessionStoreUnavailable, never a bare DatabaseError.
+        alias = self._db_write()
+        atomic = transaction.atomic(using=alias)
+        self._run(alias, atomic.__enter__, "start a transaction")
+        try:
+            yield
+        except BaseException as exc:
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        try:
+            atomic.__exit__(None, None, None)
+        except DatabaseError as exc:
+            logger.warning("Session store %r failed to commit a merged save: %s", alias, exc)
+            raise SessionStoreUnavailable(
+                f"The session database {alias!r} could not commit a merged save "
+                f"({exc.__class__.__name__})."
+            ) from exc
 
     # -- maintenance -----------------------------------------------------------
 

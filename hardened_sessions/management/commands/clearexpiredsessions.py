@@ -26,6 +26,12 @@ LOCK_NAME = "hardened_sessions.clearexpiredsessions"
 LOCK_ID = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big") >> 1
 
 
+def mysql_lock_name(database: str) -> str:
+    """GET_LOCK names are server-wide (PostgreSQL's advisory locks are per database), so
+    the name says which database it guards; hashed to stay within MySQL's 64 characters."""
+    return f"{LOCK_NAME}:{hashlib.sha256(database.encode()).hexdigest()[:24]}"
+
+
 @contextmanager
 def single_runner(alias: str) -> Iterator[bool]:
     """Hold the database's advisory lock for the block; yield whether it was obtained
@@ -35,11 +41,12 @@ def single_runner(alias: str) -> Iterator[bool]:
     if vendor not in ("postgresql", "mysql"):
         yield True
         return
+    name = mysql_lock_name(connection.settings_dict["NAME"])
     with connection.cursor() as cursor:
         if vendor == "postgresql":
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_ID])
         else:
-            cursor.execute("SELECT GET_LOCK(%s, 0)", [LOCK_NAME])
+            cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
         obtained = bool(cursor.fetchone()[0])
     try:
         yield obtained
@@ -49,7 +56,7 @@ def single_runner(alias: str) -> Iterator[bool]:
                 if vendor == "postgresql":
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
                 else:
-                    cursor.execute("SELECT RELEASE_LOCK(%s)", [LOCK_NAME])
+                    cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
 
 
 class Command(BaseCommand):

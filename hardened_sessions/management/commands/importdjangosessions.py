@@ -71,10 +71,10 @@ class Command(BaseCommand):
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"SELECT session_key, session_data, expire_date FROM {quoted} "
-                    "WHERE session_key > %s ORDER BY session_key",
-                    [last_key],
+                    "WHERE session_key > %s ORDER BY session_key LIMIT %s",
+                    [last_key, batch_size],
                 )
-                rows = cursor.fetchmany(batch_size)
+                rows = cursor.fetchall()
             if not rows:
                 break
             last_key = rows[-1][0]

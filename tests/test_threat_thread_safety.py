@@ -1,0 +1,295 @@
+"""Threat: threads tearing one session object apart.
+
+One request's session object can be shared by several threads (a view fanning work
+out to a thread pool, a streaming response, async code run in a thread). The
+contract (DESIGN, "threads touching one session object"): in-memory reads, writes and
+the snapshot a save encodes hold the session's lock, store I/O happens outside it, and
+a save persists one consistent snapshot. A torn save would store a record whose parts
+come from different moments: data changed together stored apart, or an expiry
+computed from one version of the data signed next to another.
+
+The DB engine runs on SQLite, PostgreSQL and MariaDB; every record the saves produce
+is read back from the database by another thread, on its own connection. Two seams
+(subclasses that only hold a store read or write at a barrier) force the interleavings
+that timing alone would hit only by chance: two first loads in flight at once, and a
+save whose write is overtaken by a newer save of the same object.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.db import connections
+
+from hardened_sessions import keys, record
+from hardened_sessions.backends.db import SessionStore
+from hardened_sessions.conf import get_config
+from hardened_sessions.models import HardenedSession
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+THREAD_TIMEOUT = 60.0
+N_MODIFIERS = 16
+ROUNDS = 200  # saves, each read back and checked
+BURST = 50  # writes by each modifier while a save is in flight
+# Keys between "x" and "y" in the dict's order, which is the record's order: an encoding
+# that another thread's update could interleave with would have to cross all of them.
+FILLER = {f"f{i:03d}": i for i in range(200)}
+FILLER_KEY = "f100"  # a key in the middle of the filler, changed together with x and y
+
+
+@pytest.fixture
+def frequent_thread_switches() -> Iterator[None]:
+    """Make the interpreter switch threads far more often than its 5 ms default,
+    so that any unlocked window between reading the dict and encoding it is hit."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def new_session(data: dict[str, Any]) -> str:
+    session = SessionStore()
+    session.update(data)
+    session.save()
+    assert session.session_key is not None
+    return session.session_key
+
+
+def stored_record(alias: str, session_key: str) -> tuple[record.Record, HardenedSession]:
+    row = HardenedSession.objects.using(alias).get(pk=keys.store_key(session_key))
+    rec = record.decode(bytes(row.data), row.pk, get_config().max_bytes)
+    return rec, row
+
+
+def start_threads(
+    targets: list[Callable[[], None]],
+    errors: list[BaseException],
+    on_error: Callable[[], None] = lambda: None,
+) -> list[threading.Thread]:
+    def runner(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+            on_error()  # the other threads stop waiting for this one
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=runner, args=(t,), daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(THREAD_TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+
+
+def _catching(target: Callable[[], None], errors: list[BaseException]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    return run
+
+
+@pytest.mark.usefixtures("frequent_thread_switches")
+def test_saves_of_a_shared_session_store_consistent_snapshots(db_alias: str) -> None:
+    key = new_session({"x": 1000, **FILLER, "y": 1000, "_session_expiry": 1000})
+    shared = SessionStore(key)
+    assert shared.get("x") == 1000  # loaded
+
+    errors: list[BaseException] = []
+    # Each round, the 16 modifiers write in a burst while the saver saves; between
+    # rounds they wait, so the reader's check is not starved of the interpreter.
+    round_start = threading.Barrier(N_MODIFIERS + 1, timeout=THREAD_TIMEOUT)
+    round_end = threading.Barrier(N_MODIFIERS + 1, timeout=THREAD_TIMEOUT)
+    saved: queue.Queue[int | None] = queue.Queue()
+    checked: queue.Queue[bool] = queue.Queue()
+    checked_versions: list[int] = []
+
+    def modifier(i: int) -> None:
+        n = 0
+        for _ in range(ROUNDS):
+            round_start.wait()
+            for _ in range(BURST):
+                n += 1
+                value = 1000 + i * 1_000_000 + n
+                # Keys that belong together, changed in one operation; the expiry
+                # also decides the record's expiry deadline.
+                shared.update({"x": value, FILLER_KEY: n, "y": value, "_session_expiry": value})
+                shared[f"t{i}"] = n
+                if n % 3 == 0:
+                    shared.pop(f"t{i}")
+            snapshot = dict(shared.items())
+            assert snapshot["x"] == snapshot["y"] == snapshot["_session_expiry"]
+            round_end.wait()
+
+    def saver() -> None:
+        try:
+            for _ in range(ROUNDS):
+                round_start.wait()
+                shared.save()
+                assert shared.session_key == key
+                round_end.wait()
+                saved.put(shared.record.version)  # type: ignore[union-attr]
+                assert checked.get(timeout=THREAD_TIMEOUT)
+        finally:
+            saved.put(None)
+
+    def reader() -> None:
+        # Reads every record the saver wrote, on this thread's own connection.
+        while (version := saved.get(timeout=THREAD_TIMEOUT)) is not None:
+            ok = False
+            try:
+                rec, row = stored_record(db_alias, key)
+                data = rec.data
+                assert rec.version == row.version == version
+                assert data["x"] == data["y"] == data["_session_expiry"], (
+                    "torn snapshot: data changed together was stored apart"
+                )
+                assert rec.expiry - rec.activity == data["_session_expiry"], (
+                    "torn snapshot: the expiry was computed from other data than was stored"
+                )
+                assert int(row.expire_date.timestamp()) == rec.deadline
+                assert set(data) - {"x", "y", "_session_expiry"} - set(FILLER) <= {
+                    f"t{i}" for i in range(N_MODIFIERS)
+                }
+                checked_versions.append(version)
+                ok = True
+            finally:
+                checked.put(ok)
+
+    def abort() -> None:
+        round_start.abort()
+        round_end.abort()
+
+    threads = start_threads(
+        [lambda i=i: modifier(i) for i in range(N_MODIFIERS)] + [saver, reader], errors, abort
+    )
+    join_all(threads)
+
+    assert errors == []
+    assert checked_versions == list(range(2, 2 + ROUNDS))
+
+    # After the last save, the store holds exactly what memory holds.
+    shared.save()
+    rec, row = stored_record(db_alias, key)
+    assert rec.data == dict(shared.items())
+    assert rec.version == row.version == 2 + ROUNDS
+    assert HardenedSession.objects.using(db_alias).count() == 1
+
+
+class RendezvousOnRead(SessionStore):
+    """Holds each load's store read until both threads are reading at once.
+
+    The second thread's read is then held until the first thread has used the dict
+    its load produced, so a second load that replaced that dict would lose the first
+    thread's write.
+    """
+
+    def __init__(self, session_key: str) -> None:
+        super().__init__(session_key)
+        self.reads: list[str] = []
+        self.both_reading = threading.Barrier(2, timeout=THREAD_TIMEOUT)
+        self.first_done = threading.Event()
+
+    def _read(self, store_key: str) -> Any:
+        found = super()._read(store_key)
+        self.reads.append(threading.current_thread().name)
+        # Both reads in flight together: the store I/O runs outside the session lock.
+        self.both_reading.wait()
+        if threading.current_thread().name == "second":
+            assert self.first_done.wait(THREAD_TIMEOUT)
+        return found
+
+
+def test_simultaneous_first_loads_share_one_dict(db_alias: str) -> None:
+    key = new_session({"user": "alice"})
+    shared = RendezvousOnRead(key)
+    seen: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        seen["first"] = shared._session  # the first access loads the session
+        shared["from_first"] = 1
+        shared.first_done.set()
+
+    def second() -> None:
+        seen["second"] = shared._session
+        shared["from_second"] = 2
+
+    threads = [
+        threading.Thread(target=wrap, name=name, daemon=True)
+        for name, wrap in (
+            ("first", _catching(first, errors)),
+            ("second", _catching(second, errors)),
+        )
+    ]
+    for thread in threads:
+        thread.start()
+    join_all(threads)
+
+    assert errors == []
+    assert sorted(shared.reads) == ["first", "second"]  # both loads really overlapped
+    assert seen["first"] is seen["second"]
+    assert dict(shared.items()) == {"user": "alice", "from_first": 1, "from_second": 2}
+
+    shared.save()
+    rec, _ = stored_record(db_alias, key)
+    assert rec.data == {"user": "alice", "from_first": 1, "from_second": 2}
+
+
+class WriteHeldForThreadB(SessionStore):
+    """Holds the store write of the save running in the thread named "B" until told
+    to go on: the snapshot it encoded is then older than the dict in memory."""
+
+    def __init__(self, session_key: str) -> None:
+        super().__init__(session_key)
+        self.b_encoded = threading.Event()
+        self.b_may_write = threading.Event()
+
+    def _write_update(self, *args: Any) -> Any:
+        if threading.current_thread().name == "B" and not self.b_encoded.is_set():
+            self.b_encoded.set()
+            assert self.b_may_write.wait(THREAD_TIMEOUT)
+        return super()._write_update(*args)
+
+
+def test_two_threads_saving_one_session_object_lose_no_write(db_alias: str) -> None:
+    key = new_session({"user": "alice", "y": 0})
+    shared = WriteHeldForThreadB(key)
+    assert shared["y"] == 0  # loaded
+    errors: list[BaseException] = []
+
+    b = threading.Thread(target=_catching(shared.save, errors), name="B", daemon=True)
+    b.start()  # B encodes {"y": 0} and waits before writing it
+    try:
+        assert shared.b_encoded.wait(THREAD_TIMEOUT)
+        shared["y"] = 1
+        shared.save()  # this thread's save writes {"y": 1} first
+        shared["y"] = 2  # the newest write, made while B's save is still in flight
+    finally:
+        shared.b_may_write.set()
+    join_all([b])  # B's write meets a newer version and merges
+
+    assert errors == []
+    assert shared["y"] == 2, "a write made in memory was overwritten by an older value"
+    shared.save()
+    rec, row = stored_record(db_alias, key)
+    assert rec.data == {"user": "alice", "y": 2}
+    assert row.version == 4
