@@ -94,7 +94,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="hardened_sessions.E006",
             )
         )
-    if _uses_hardened_engine() and MIDDLEWARE_PATH not in settings.MIDDLEWARE:
+    if _uses_hardened_engine() and not _hardened_middleware_installed():
         messages.append(
             Warning(
                 f"SESSION_ENGINE is {settings.SESSION_ENGINE!r} but {MIDDLEWARE_PATH} is not "
@@ -139,6 +139,22 @@ def _cache_checks() -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def _hardened_middleware_installed() -> bool:
+    """Whether MIDDLEWARE has HardenedSessionMiddleware or a subclass of it."""
+    from django.utils.module_loading import import_string
+
+    from .middleware import HardenedSessionMiddleware
+
+    for path in settings.MIDDLEWARE:
+        try:
+            middleware = import_string(path)
+        except ImportError:
+            continue  # Django's own checks report it
+        if isinstance(middleware, type) and issubclass(middleware, HardenedSessionMiddleware):
+            return True
+    return False
 
 
 def _cookie_name_checks() -> list[CheckMessage]:

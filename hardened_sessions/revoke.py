@@ -64,19 +64,21 @@ def _indexed_store(store_class: Any) -> Any:
 
 def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
     """Live sessions of user ``pk`` from the index, and the index entries that ended."""
+    from .backends.base import past_deadline
     from .backends.db import moment_of
     from .conf import get_config
     from .models import HardenedSession
 
+    config = get_config()
     live, ended = [], []
     now = time.time()
     for key_hash in store.user_members(pk):
         found = store.get(key_hash)
         try:
-            rec = record.decode(found[0], key_hash, get_config().max_bytes) if found else None
+            rec = record.decode(found[0], key_hash, config.max_bytes) if found else None
         except record.CorruptRecord:
             rec = None
-        if rec is None or rec.expired(now) or rec.user_id != pk:
+        if rec is None or past_deadline(rec, now, config) or rec.user_id != pk:
             ended.append(key_hash)
             continue
         live.append(

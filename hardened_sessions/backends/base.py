@@ -47,7 +47,7 @@ from ..exceptions import (
 from ..record import CorruptRecord, Record
 from ..signals import session_rejected
 
-__all__ = ["HardenedSessionBase", "Token", "hash_prefix"]
+__all__ = ["HardenedSessionBase", "Token", "hash_prefix", "past_deadline"]
 
 logger = logging.getLogger("hardened_sessions")
 security_logger = logging.getLogger("django.security.SuspiciousSession")
@@ -62,6 +62,16 @@ _NOT_GIVEN: Any = object()
 def hash_prefix(store_key: str) -> str:
     """The only part of a session's identity that may appear in logs."""
     return store_key[:8]
+
+
+def past_deadline(rec: Record, now: float, config: Config) -> bool:
+    """Past a deadline the record carries, or one the current settings impose (a
+    timeout added or shortened after the record was saved applies at once)."""
+    if rec.expired(now):
+        return True
+    if config.absolute_timeout is not None and now >= rec.created + config.absolute_timeout:
+        return True
+    return config.idle_timeout is not None and now >= rec.activity + config.idle_timeout
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -388,7 +398,7 @@ class HardenedSessionBase(SessionBase):
             self._reject(store_key, exc.reason, suspicious=True)
             self._forget()
             return {}
-        if rec.expired(time.time()):
+        if self._past_deadline(rec, time.time()):
             self._reject(store_key, "past its deadline", suspicious=False)
             self._discard(store_key)
             self._forget()
@@ -399,6 +409,9 @@ class HardenedSessionBase(SessionBase):
             self._cleared = False
         self._loaded(store_key, raw, rec)
         return rec.data
+
+    def _past_deadline(self, rec: Record, now: float) -> bool:
+        return past_deadline(rec, now, self.config)
 
     def _loaded(self, store_key: str, raw: bytes, rec: Record) -> None:
         """Hook: a record was read and accepted (the cached_db engine fills its cache)."""
@@ -422,7 +435,7 @@ class HardenedSessionBase(SessionBase):
             rec = record.decode(found[0], store_key, self.config.max_bytes)
         except CorruptRecord:
             return False
-        return not rec.expired(time.time())
+        return not self._past_deadline(rec, time.time())
 
     # ------------------------------------------------------------------ save
 
@@ -554,7 +567,7 @@ class HardenedSessionBase(SessionBase):
         except CorruptRecord as exc:
             self._reject(store_key, exc.reason, suspicious=True)
             return None
-        if latest.expired(time.time()):
+        if self._past_deadline(latest, time.time()):
             return None
         return latest
 
