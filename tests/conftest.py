@@ -24,7 +24,7 @@ from django.test import override_settings
 from tests.routers import SessionsAliasRouter
 
 # Real Redis and memcached servers, and the session caches built on them.
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.servers_scaleout"]
 
 # Alias -> environment variable that configures it (None: always configured).
 DATABASE_ALIASES: dict[str, str | None] = {

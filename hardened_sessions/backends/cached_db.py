@@ -75,10 +75,11 @@ class SessionStore(DBStore):
         return versions[0] if versions else None
 
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
-        token = super()._write_new(store_key, data, rec)
-        if token is not None:
-            self._cache.delete(store_key)  # a stale copy under a reused key hash: none
-        return token
+        # A stale copy under a reused key hash: none. Dropped before the INSERT, so that a
+        # cache that can't answer fails the create before anything is written (no load
+        # can put a copy back in between: there is no row to copy yet).
+        self._cache.delete(store_key)
+        return super()._write_new(store_key, data, rec)
 
     def _write_update(
         self, store_key: str, data: memoryview, rec: Record, token: Token
