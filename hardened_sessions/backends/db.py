@@ -45,6 +45,9 @@ T = TypeVar("T")
 # times, with these pauses, before the request is answered 503.
 _LOCK_RETRY_PAUSES = (0.05, 0.1, 0.2)
 
+# (vendor, table, statement, columns) -> the SQL of the hot path (SessionStore._sql).
+_STATEMENTS: dict[tuple[str, str, str, tuple[str, ...]], str] = {}
+
 
 def _is_transient(exc: DatabaseError) -> bool:
     text = str(exc).lower()
@@ -132,20 +135,45 @@ class SessionStore(HardenedSessionBase):
 
     # -- primitives ------------------------------------------------------------
 
+    def _sql(self, alias: str, kind: str, names: tuple[str, ...] = ()) -> str:
+        """The hot path's two statements, built once per vendor, table and column set.
+
+        Building and compiling a QuerySet for every load and save costs more than the
+        I/O on SQLite (``bench/run.py --only profile``). Django's own cursor keeps the
+        routers, the connection's options, the error wrapping and the ``%s`` style."""
+        connection = connections[alias]
+        meta = self.model._meta
+        key = (connection.vendor, meta.db_table, kind, names)
+        sql = _STATEMENTS.get(key)
+        if sql is None:
+            quote = connection.ops.quote_name
+
+            def column(name: str) -> str:
+                return quote(meta.get_field(name).column)
+
+            table = quote(meta.db_table)
+            where = f"{column('key_hash')} = %s"
+            if kind == "select":
+                sql = f"SELECT {column('data')}, {column('version')} FROM {table} WHERE {where}"
+            else:
+                sets = ", ".join(f"{column(name)} = %s" for name in names)
+                sql = f"UPDATE {table} SET {sets} WHERE {where} AND {column('version')} = %s"
+            _STATEMENTS[key] = sql
+        return sql
+
     def _read(self, store_key: str) -> tuple[bytes, Token] | None:
         alias = self._db_read()
-        rows = self._run(
-            alias,
-            lambda: list(
-                self.model.objects.using(alias)
-                .filter(pk=store_key)
-                .values_list("data", "version")[:1]
-            ),
-            "read a session",
-        )
-        if not rows:
+        sql = self._sql(alias, "select")
+
+        def select() -> Any:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(sql, [store_key])
+                return cursor.fetchone()
+
+        row = self._run(alias, select, "read a session")
+        if row is None:
             return None
-        data, version = rows[0]
+        data, version = row
         return bytes(data) if isinstance(data, memoryview) else data, version
 
     def _read_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
@@ -181,17 +209,22 @@ class SessionStore(HardenedSessionBase):
         self, store_key: str, data: memoryview, rec: Record, token: Token
     ) -> Token | None:
         alias = self._db_write()
+        connection = connections[alias]
         columns = self._columns(data, rec)
-        updated = self._run(
-            alias,
-            lambda: (
-                self.model.objects.using(alias)
-                .filter(pk=store_key, version=token)
-                .update(**columns)
-            ),
-            "save a session",
-        )
-        if not updated:
+        names = tuple(columns)
+        meta = self.model._meta
+        params = [
+            meta.get_field(name).get_db_prep_save(columns[name], connection) for name in names
+        ]
+        params += [store_key, token]
+        sql = self._sql(alias, "update", names)
+
+        def update() -> int:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return int(cursor.rowcount)
+
+        if not self._run(alias, update, "save a session"):
             return None
         self._enforce_cap(store_key, rec)
         return rec.version

@@ -82,7 +82,10 @@ class RedisByteStore:
 
     @classmethod
     def from_cache(cls, cache: Any) -> RedisByteStore:
-        make_key = cache.make_and_validate_key
+        # Store keys are always 64 hex digits: validate the shape once here instead of
+        # running Django's per-character memcached-compatibility check on every command.
+        cache.validate_key(cache.make_key(KEY_NAMESPACE + "0" * 64))
+        make_key = cache.make_key
         module = type(cache).__module__
         if module.startswith("django_redis"):
             client = cache.client
