@@ -76,7 +76,7 @@ class Record:
     absolute_deadline: int | None = None
     # The payload JSON this record was decoded from or encoded to, kept so that a
     # version conflict can tell what the request changed without a deep copy.
-    payload: bytes = field(default=b"", repr=False, compare=False)
+    payload: bytes | memoryview = field(default=b"", repr=False, compare=False)
     # The user the data named when it was encoded or decoded (Django's auth key), for
     # the store's user column: computed once, because ``data`` stays live afterwards.
     user_id: str | None = field(default=None, compare=False)
@@ -182,8 +182,21 @@ def encode_data(record: Record) -> bytes:
     return body
 
 
+# One keyed HMAC per secret, built by Django's salted_hmac and copied per use: the
+# key derivation and HMAC key setup run once instead of on every load and save.
+_keyed_macs: dict[str | bytes, Any] = {}
+
+
 def _signature(store_key: str, payload: bytes | memoryview, secret: str | bytes) -> bytes:
-    mac = salted_hmac(_SALT, store_key, secret=secret, algorithm="sha256")
+    """``salted_hmac(_SALT, store_key, secret)`` over ``"\\n" + payload``, base64url."""
+    keyed = _keyed_macs.get(secret)
+    if keyed is None:
+        keyed = salted_hmac(_SALT, b"", secret=secret, algorithm="sha256")
+        if len(_keyed_macs) >= 8:  # a handful of secrets (fallbacks); never unbounded
+            _keyed_macs.clear()
+        _keyed_macs[secret] = keyed
+    mac = keyed.copy()
+    mac.update(store_key.encode("ascii"))
     mac.update(b"\n")
     mac.update(payload)
     return base64.urlsafe_b64encode(mac.digest())[:_SIG_LEN]
@@ -207,15 +220,25 @@ def encode(record: Record, store_key: str, buf: RecordBuffer, max_bytes: int) ->
     return size
 
 
-def _int(payload: dict[str, Any], name: str, *, nullable: bool = False) -> Any:
-    value = payload[name]
-    if value is None and nullable:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise CorruptRecord(f"field {name!r} is not a non-negative integer")
-    if name != "n" and value > MAX_TIMESTAMP:
-        raise CorruptRecord(f"field {name!r} is out of range")
-    return value
+def _checked(payload: dict[str, Any]) -> tuple[int, int, int, int, int | None, int | None]:
+    """The version and the five times of a payload, each a sane non-negative int."""
+    version, created, activity, expiry = payload["n"], payload["c"], payload["a"], payload["e"]
+    idle, absolute = payload["i"], payload["x"]
+    # type() is int, not isinstance(): True and False are ints to isinstance().
+    if type(version) is not int or version < 0:
+        raise CorruptRecord("field 'n' is not a non-negative integer")
+    for name, value in (
+        ("c", created),
+        ("a", activity),
+        ("e", expiry),
+        ("i", idle),
+        ("x", absolute),
+    ):
+        if value is None and name in "ix":
+            continue
+        if type(value) is not int or not 0 <= value <= MAX_TIMESTAMP:
+            raise CorruptRecord(f"field {name!r} is not a time in range")
+    return version, created, activity, expiry, idle, absolute
 
 
 def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) -> Record:
@@ -225,7 +248,9 @@ def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) 
         raise CorruptRecord(f"stored record of {size} bytes is over MAX_BYTES ({max_bytes})")
     if size < _OVERHEAD + 2:
         raise CorruptRecord("stored record is too short")
-    view = memoryview(raw)
+    # A view into immutable bytes can be kept (as the record's payload); anything else
+    # is copied once, so a reused buffer can't change the payload afterwards.
+    view = memoryview(raw if isinstance(raw, bytes) else bytes(raw))
     if view[: len(PREFIX)] != PREFIX or view[-_SIG_LEN - 1 : -_SIG_LEN] != _SEPARATOR:
         raise CorruptRecord("not an hs1 record")
     body = view[len(PREFIX) : -_SIG_LEN - 1]
@@ -235,9 +260,9 @@ def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) 
         for secret in signing_secrets()
     ):
         raise CorruptRecord("bad signature")
-    payload_bytes = body.tobytes()
     try:
-        payload = _decoder.decode(payload_bytes.decode("utf-8"))
+        text = str(body, "utf-8")  # straight from the stored bytes: no intermediate copy
+        payload = _decoder.decode(text)
     except CorruptRecord:
         raise
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
@@ -247,24 +272,25 @@ def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) 
     data = payload["d"]
     if not isinstance(data, dict):
         raise CorruptRecord("session data is not an object")
-    if _may_be_too_deep(payload_bytes) and _depth_exceeds(data, MAX_DEPTH - 1):
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth_exceeds(data, MAX_DEPTH - 1):
         raise CorruptRecord(f"session data nests deeper than {MAX_DEPTH - 1} levels")
+    version, created, activity, expiry, idle, absolute = _checked(payload)
     return Record(
         data=data,
-        version=_int(payload, "n"),
-        created=_int(payload, "c"),
-        activity=_int(payload, "a"),
-        expiry=_int(payload, "e"),
-        idle_deadline=_int(payload, "i", nullable=True),
-        absolute_deadline=_int(payload, "x", nullable=True),
-        payload=payload_bytes,
+        version=version,
+        created=created,
+        activity=activity,
+        expiry=expiry,
+        idle_deadline=idle,
+        absolute_deadline=absolute,
+        payload=body,  # a view of the stored bytes, for a later merge
         user_id=user_id_of(data),
     )
 
 
-def decode_payload_data(payload: bytes) -> dict[str, Any]:
+def decode_payload_data(payload: bytes | memoryview) -> dict[str, Any]:
     """The session dict of a payload this process encoded or verified earlier."""
-    data = _decoder.decode(payload.decode("utf-8"))["d"]
+    data = _decoder.decode(str(payload, "utf-8"))["d"]
     assert isinstance(data, dict)
     return data
 

@@ -405,7 +405,8 @@ class HardenedSessionBase(SessionBase):
             return {}
         with self._lock:
             self._record = rec
-            self._token = token
+            # Stores whose token is the record's version may leave it to the record.
+            self._token = rec.version if token is None else token
             self._cleared = False
         self._loaded(store_key, raw, rec)
         return rec.data
@@ -540,6 +541,7 @@ class HardenedSessionBase(SessionBase):
                 if latest is None:
                     raise UpdateError("The session was deleted before this request saved it.")
                 assert found is not None
+                token = latest.version if found[1] is None else found[1]
                 merged = dict(our_data) if cleared else dict(latest.data)
                 if not cleared:
                     _apply(merged, our_changed, our_deleted)
@@ -547,7 +549,7 @@ class HardenedSessionBase(SessionBase):
                 record.encode(rec, store_key, buf, config.max_bytes)
                 view = buf.view()
                 try:
-                    new_token = self._io(self._write_update, store_key, view, rec, found[1])
+                    new_token = self._io(self._write_update, store_key, view, rec, token)
                 finally:
                     view.release()
             if new_token is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from ..exceptions import SessionStoreUnavailable
-from ..record import Record, peek_version
+from ..record import Record
 from ..stores import ByteStore, store_for_cache
 from .base import Token, hash_prefix, logger
 from .cache import ttl_for
@@ -40,9 +40,10 @@ class SessionStore(DBStore):
     def _read(self, store_key: str) -> tuple[bytes, Token] | None:
         cached = self._cache.get(store_key)
         if cached is not None:
-            # The database's token is the record's version, which the copy carries.
+            # The database's token is the record's version, which the copy carries (the
+            # engine reads it from the record once verified).
             self._fill_cache = False
-            return cached[0], peek_version(cached[0])
+            return cached[0], None
         self._fill_cache = True
         return super()._read(store_key)
 

@@ -6,7 +6,8 @@ and ``KEY_FUNCTION``), but talking to the server without the cache's
 serializer, so a pickle planted at a session's key is never unpickled:
 
 ``get(key) -> (bytes, token) | None``
-    the stored bytes and a compare-and-set token;
+    the stored bytes and a compare-and-set token, or ``None`` as the token when the
+    record's own version is the token (the engine reads it once the record verifies);
 ``add(key, value, ttl, version) -> token | None``
     store only if absent (``SET NX`` / memcached ``add``); ``None`` when taken;
 ``cas(key, value, ttl, token, version) -> token | None``
