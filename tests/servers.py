@@ -251,7 +251,7 @@ class ServerSet:
         assert path is not None
         return path
 
-    def _launch(self, kind: str, command: Callable[[int], list[str]]) -> Server:
+    def launch(self, kind: str, command: Callable[[int], list[str]]) -> Server:
         # A free port can be taken by someone else between the probe and the start
         # (other test runs share the machine): try another one, a bounded number of times.
         for attempt in range(START_ATTEMPTS):
@@ -286,7 +286,7 @@ class ServerSet:
                 "--protected-mode", "yes",
             ]  # fmt: skip
 
-        return self._launch("redis", command)
+        return self.launch("redis", command)
 
     def memcached(self) -> Server:
         binary = self._binary("memcached", "HS_TEST_MEMCACHED")
@@ -298,12 +298,13 @@ class ServerSet:
                 args += ["-u", pwd.getpwuid(0).pw_name]
             return args
 
-        return self._launch("memcached", command)
+        return self.launch("memcached", command)
 
     def shutdown(self) -> None:
         for server in reversed(self.started):
             with suppress(Exception):
                 server.shutdown()
+        self.started.clear()
 
 
 def _external_redis() -> Server | None:

@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mirakuru.exceptions import AlreadyRunning, ProcessExitedWithError, TimeoutExpired
 
 from tests.conftest import require_server
-from tests.servers import LOOPBACK, START_ATTEMPTS, Server, free_port
+from tests.servers import LOOPBACK, Server, ServerSet, free_port
 
 __all__ = [
     "SENTINEL_SERVICE",
@@ -81,36 +80,6 @@ def _raw(host: str, port: int) -> Any:
     import redis
 
     return redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=5)
-
-
-class _Launcher:
-    """Starts managed processes on free ports and stops them all at the end."""
-
-    def __init__(self, base_dir: Path) -> None:
-        self.base_dir = base_dir
-        self.started: list[Server] = []
-
-    def launch(self, kind: str, command: Callable[[int], list[str]]) -> Server:
-        # A free port can be taken between the probe and the start: try another one.
-        for attempt in range(START_ATTEMPTS):
-            port = free_port()
-            server = Server(kind, LOOPBACK, port, command=command(port))
-            try:
-                server.start()
-            except (AlreadyRunning, ProcessExitedWithError, TimeoutExpired):
-                server.shutdown()
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-                continue
-            self.started.append(server)
-            return server
-        raise AssertionError("unreachable")
-
-    def shutdown(self) -> None:
-        for server in reversed(self.started):
-            with suppress(Exception):
-                server.shutdown()
-        self.started.clear()
 
 
 # --- Redis Cluster ----------------------------------------------------------------------
@@ -237,7 +206,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """A three-primary Redis Cluster on free loopback ports, ``cluster_state:ok``."""
     server_binary = _binary("redis-server")
     cli = _binary("redis-cli")
-    launcher = _Launcher(tmp_path_factory.mktemp("redis-cluster"))
+    launcher = ServerSet(tmp_path_factory.mktemp("redis-cluster"))
     try:
         command = _cluster_node_command(server_binary, launcher.base_dir)
         nodes = [launcher.launch("redis", command) for _ in range(3)]
@@ -289,7 +258,7 @@ class SentinelHandle:
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelHandle]:
     """A primary ``redis-server`` and one ``redis-server --sentinel`` monitoring it."""
     binary = _binary("redis-server")
-    launcher = _Launcher(tmp_path_factory.mktemp("redis-sentinel"))
+    launcher = ServerSet(tmp_path_factory.mktemp("redis-sentinel"))
     try:
 
         def primary_command(port: int) -> list[str]:

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -29,10 +28,10 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.utils import timezone
 
-from hardened_sessions.backends import base as base_module
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.signals import session_rejected
+from tests.clock import Clock, clock_at
 
 DB = pytest.mark.django_db(transaction=True, databases="__all__")
 FAR_FUTURE = datetime(2999, 1, 1, tzinfo=UTC)
@@ -55,26 +54,6 @@ urlpatterns = [path("write/", write_view), path("read/", read_view)]
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-class Clock:
-    """Stands in for the ``time`` module inside the package: ``time()`` is ours."""
-
-    def __init__(self, now: float) -> None:
-        self.now = float(now)
-
-    def time(self) -> float:
-        return self.now
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-@contextmanager
-def clock_at(now: float) -> Iterator[Clock]:
-    clock = Clock(now)
-    with mock.patch.object(base_module, "time", clock):
-        yield clock
 
 
 def real_now() -> int:

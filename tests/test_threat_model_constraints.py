@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-from unittest import mock
 
 import pytest
 from django.conf import settings
@@ -24,9 +21,9 @@ from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
 
-from hardened_sessions.backends import base as base_module
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
+from tests.clock import clock_at
 
 DB = pytest.mark.django_db(transaction=True, databases="__all__")
 PASSWORD = "correct horse battery staple"
@@ -50,24 +47,6 @@ urlpatterns = [path("write/", write_view), path("login/", login_view)]
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = float(now)
-
-    def time(self) -> float:
-        return self.now
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-@contextmanager
-def clock_at(now: float) -> Iterator[Clock]:
-    clock = Clock(now)
-    with mock.patch.object(base_module, "time", clock):
-        yield clock
 
 
 def sha256_hex(session_key: str) -> str:
