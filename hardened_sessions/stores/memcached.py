@@ -62,7 +62,7 @@ class MemcachedByteStore:
     @classmethod
     def from_cache(cls, cache: Any) -> MemcachedByteStore:
         options = {k: v for k, v in cache._options.items() if k not in _DROPPED_OPTIONS}
-        options.setdefault("no_delay", True)
+        options["no_delay"] = True  # whatever OPTIONS say: see the module docstring
         client = HashClient(
             cache.client_servers, ignore_exc=False, default_noreply=False, **options
         )
