@@ -149,11 +149,9 @@ class HardenedSessionAdmin(admin.ModelAdmin):
         # would leave cached copies behind.
         return False
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
-        if not request.user.has_perm("hardened_sessions.delete_hardenedsession"):
-            return {}
-        return actions
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        """Who may revoke: those allowed to delete sessions (the actions' permission)."""
+        return request.user.has_perm("hardened_sessions.delete_hardenedsession")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).defer("data")
@@ -274,7 +272,7 @@ class HardenedSessionAdmin(admin.ModelAdmin):
             self.log_deletions(request, victims)  # type: ignore[arg-type]
         return ended
 
-    @admin.action(description=_("Revoke selected sessions"))
+    @admin.action(description=_("Revoke selected sessions"), permissions=["revoke"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         ended = self._revoke(request, queryset, "revoked in the admin")
         self.message_user(
@@ -283,7 +281,7 @@ class HardenedSessionAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description=_("Revoke all sessions of these users"))
+    @admin.action(description=_("Revoke all sessions of these users"), permissions=["revoke"])
     def revoke_users(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         user_ids = {uid for uid in queryset.values_list("user_id", flat=True) if uid}
         rows = HardenedSession.objects.using(queryset.db).filter(user_id__in=user_ids)
