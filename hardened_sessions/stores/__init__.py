@@ -14,14 +14,11 @@ serializer, so a pickle planted at a session's key is never unpickled:
     replace only if the stored record is still the one ``token`` names (a Redis
     script / memcached ``cas``); ``None`` when it changed or is gone, so a late
     save can never recreate a deleted session;
-``replace(key, value, ttl, expected_version) -> bool``
-    replace only if the stored record has ``expected_version`` (the cached_db
-    engine keeps its copies in step with the database this way);
 ``delete(key) -> bool``
     whether something was deleted.
 
 A ``user`` argument to the writes names the session's user; stores with
-``supports_user_index`` (Redis, not Cluster) then also keep the per-user index
+``supports_user_index`` (Redis without Cluster, LocMemCache) also keep the per-user index
 that ``user_members(user)`` / ``forget_members(user, keys)`` read and prune.
 
 Every verb raises :class:`~hardened_sessions.exceptions.SessionStoreUnavailable`
@@ -76,15 +73,6 @@ class ByteStore(Protocol):
         version: int,
         user: str | None = None,
     ) -> Any | None: ...
-
-    def replace(
-        self,
-        key: str,
-        value: memoryview,
-        ttl: int,
-        expected_version: int,
-        user: str | None = None,
-    ) -> bool: ...
 
     def delete(self, key: str) -> bool: ...
 

@@ -76,16 +76,6 @@ class LocMemByteStore:
             self._index(user, key, ttl)
         return version
 
-    def replace(
-        self,
-        key: str,
-        value: memoryview,
-        ttl: int,
-        expected_version: int,
-        user: str | None = None,
-    ) -> bool:
-        return self.cas(key, value, ttl, expected_version, expected_version, user) is not None
-
     def delete(self, key: str) -> bool:
         k = self._key(key)
         with self.cache._lock:

@@ -140,16 +140,6 @@ class MemcachedByteStore:
         )
         return _Written(version) if stored else None
 
-    def replace(
-        self,
-        key: str,
-        value: memoryview,
-        ttl: int,
-        expected_version: int,
-        user: str | None = None,
-    ) -> bool:
-        return self.cas(key, value, ttl, _Written(expected_version), expected_version) is not None
-
     def delete(self, key: str) -> bool:
         k = self._key(key)
         return bool(self._run("delete a session", k, "delete", noreply=False))

@@ -171,9 +171,9 @@ class RedisByteStore:
     ) -> Any | None:
         if token is None:
             return None
-        return version if self.replace(key, value, ttl, token, user) else None
+        return version if self._replace(key, value, ttl, token, user) else None
 
-    def replace(
+    def _replace(
         self,
         key: str,
         value: memoryview,
