@@ -260,23 +260,7 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
     binary = _binary("redis-server")
     launcher = ServerSet(tmp_path_factory.mktemp("redis-sentinel"))
     try:
-
-        def primary_command(port: int) -> list[str]:
-            workdir = launcher.base_dir / f"primary-{port}"
-            workdir.mkdir(parents=True, exist_ok=True)
-            return [
-                binary,
-                "--port", str(port),
-                "--bind", LOOPBACK,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(workdir),
-                "--logfile", str(workdir / "redis.log"),
-                "--daemonize", "no",
-                "--protected-mode", "yes",
-            ]  # fmt: skip
-
-        primary = launcher.launch("redis", primary_command)
+        primary = launcher.redis()
 
         def sentinel_command(port: int) -> list[str]:
             workdir = launcher.base_dir / f"sentinel-{port}"
