@@ -446,8 +446,12 @@ class RawCache:
             return
         from pymemcache.client.hash import HashClient
 
-        # The node the session cache's own client picks for this key.
-        pool = HashClient([s.address for s in self.memcached_servers], no_delay=True)
+        from hardened_sessions.stores.memcached import RendezvousNodes
+
+        # The node the session store's own client picks for this key.
+        pool = HashClient(
+            [s.address for s in self.memcached_servers], no_delay=True, hasher=RendezvousNodes
+        )
         try:
             assert pool.set(key, value, expire=ttl, noreply=False, flags=1 if pickled else 0)
         finally:

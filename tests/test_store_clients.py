@@ -92,3 +92,45 @@ def test_served_caches_pass_the_check() -> None:
     caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     assert _e010(CACHES=caches, SESSION_ENGINE=CACHE_ENGINE) == []
     assert _e010(SESSION_ENGINE="hardened_sessions.backends.db") == []
+
+
+def test_rendezvous_placement_spreads_keys_and_moves_only_a_lost_servers_keys() -> None:
+    from hardened_sessions.stores.memcached import RendezvousNodes
+
+    nodes = RendezvousNodes()
+    assert nodes.get_node("k") is None
+    nodes.add_node("a:1")
+    assert nodes.get_node("k") == "a:1"  # one server: no hashing needed
+    for node in ("b:2", "c:3", "b:2"):
+        nodes.add_node(node)
+    assert nodes.nodes == ["a:1", "b:2", "c:3"]
+    keys = [f"hardened_sessions:{n:064x}" for n in range(3000)]
+    before = {key: nodes.get_node(key) for key in keys}
+    counts = {node: list(before.values()).count(node) for node in nodes.nodes}
+    assert all(800 < count < 1200 for count in counts.values()), counts
+    nodes.remove_node("b:2")
+    after = {key: nodes.get_node(key) for key in keys}
+    moved = {key for key in keys if after[key] != before[key]}
+    assert moved == {key for key in keys if before[key] == "b:2"}
+    with pytest.raises(ValueError):
+        nodes.remove_node("b:2")
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["per-thread", "pooled"])
+def test_memcached_clients_are_per_thread_unless_pooled(
+    memcached_server: Server, pooled: bool
+) -> None:
+    import threading
+
+    config = cache_settings("pymemcache", memcached=[memcached_server])
+    if pooled:
+        config["OPTIONS"]["use_pooling"] = True
+    with sessions_cache(config, SESSION_ENGINE=CACHE_ENGINE) as alias:
+        store: Any = store_for_cache(alias)
+        mine = store._client
+        assert store._client is mine
+        seen: list[Any] = []
+        thread = threading.Thread(target=lambda: seen.append(store._client))
+        thread.start()
+        thread.join()
+        assert (seen[0] is mine) is pooled
