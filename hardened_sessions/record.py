@@ -17,20 +17,21 @@ JSON only: no pickle, no compression (so no decompression bomb), no base64 of
 the payload. Loading checks the size bound before anything else, then the
 signature, and only then parses; nesting deeper than :data:`MAX_DEPTH`,
 integers longer than Python's digit limit, ``NaN``/``Infinity`` and wrong types
-make the record corrupt (:class:`CorruptRecord`), never a crash.
+make the record corrupt (:class:`CorruptRecord`), never a crash. The JSON itself is
+written and read by :mod:`hardened_sessions.payload_json` (orjson where its answer is
+the standard library's, the standard library otherwise).
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
-import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils.crypto import salted_hmac
 
+from . import payload_json
 from .buffers import RecordBuffer
 from .conf import signing_secrets
 from .exceptions import SessionTooLarge
@@ -50,6 +51,7 @@ __all__ = [
 
 PREFIX = b"hs1:"
 _SEPARATOR = b"."
+_SEPARATOR_BYTE = _SEPARATOR[0]
 _SIG_LEN = 43  # unpadded base64 of 32 bytes
 _OVERHEAD = len(PREFIX) + len(_SEPARATOR) + _SIG_LEN
 _SALT = "hardened_sessions.record.hs1"
@@ -104,47 +106,8 @@ def user_id_of(data: dict[str, Any]) -> str | None:
     return None if value is None else str(value)[:255]
 
 
-def _reject_constant(name: str) -> Any:
-    raise CorruptRecord(f"non-finite number {name}")
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise CorruptRecord("non-finite number")
-    return value
-
-
-_decoder = json.JSONDecoder(parse_float=_parse_float, parse_constant=_reject_constant)
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_ascii_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 # Timestamps beyond this (the year 5138) are corrupt, not far-future sessions.
 MAX_TIMESTAMP = 10**11
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend(
-                (child, depth + 1)
-                for child in node.values()
-                if isinstance(child, (dict, list, tuple))
-            )
-        elif isinstance(node, (list, tuple)):
-            stack.extend(
-                (child, depth + 1) for child in node if isinstance(child, (dict, list, tuple))
-            )
-    return False
-
-
-def _may_be_too_deep(payload: bytes) -> bool:
-    # Cheap, conservative pre-check: fewer opening brackets than the limit (brackets in
-    # strings included) cannot nest past it, which spares the walk for typical sessions.
-    return payload.count(b"[") + payload.count(b"{") > MAX_DEPTH
 
 
 def encode_data(record: Record) -> bytes:
@@ -167,19 +130,7 @@ def encode_data(record: Record) -> bytes:
         "x": record.absolute_deadline,
         "d": record.data,
     }
-    try:
-        text = _encoder.encode(payload)
-    except RecursionError:
-        raise ValueError("The session data is nested too deeply to be stored.") from None
-    try:
-        body = text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (from json.loads of a request body, say) has no UTF-8 form:
-        # escape it as JSON does, which reads back to the same string.
-        body = _ascii_encoder.encode(payload).encode("ascii")
-    if _may_be_too_deep(body) and _depth_exceeds(record.data, MAX_DEPTH - 1):
-        raise ValueError(f"The session data is nested deeper than {MAX_DEPTH - 1} levels.")
-    return body
+    return payload_json.dumps(payload, record.data, MAX_DEPTH - 1)
 
 
 # One keyed HMAC per secret, built by Django's salted_hmac and copied per use: the
@@ -220,25 +171,27 @@ def encode(record: Record, store_key: str, buf: RecordBuffer, max_bytes: int) ->
     return size
 
 
+def _time(name: str, value: Any) -> int:
+    # type() is int, not isinstance(): True and False are ints to isinstance().
+    if type(value) is not int or not 0 <= value <= MAX_TIMESTAMP:
+        raise CorruptRecord(f"field {name!r} is not a time in range")
+    return value
+
+
 def _checked(payload: dict[str, Any]) -> tuple[int, int, int, int, int | None, int | None]:
     """The version and the five times of a payload, each a sane non-negative int."""
-    version, created, activity, expiry = payload["n"], payload["c"], payload["a"], payload["e"]
-    idle, absolute = payload["i"], payload["x"]
-    # type() is int, not isinstance(): True and False are ints to isinstance().
+    version = payload["n"]
     if type(version) is not int or version < 0:
         raise CorruptRecord("field 'n' is not a non-negative integer")
-    for name, value in (
-        ("c", created),
-        ("a", activity),
-        ("e", expiry),
-        ("i", idle),
-        ("x", absolute),
-    ):
-        if value is None and name in "ix":
-            continue
-        if type(value) is not int or not 0 <= value <= MAX_TIMESTAMP:
-            raise CorruptRecord(f"field {name!r} is not a time in range")
-    return version, created, activity, expiry, idle, absolute
+    idle, absolute = payload["i"], payload["x"]
+    return (
+        version,
+        _time("c", payload["c"]),
+        _time("a", payload["a"]),
+        _time("e", payload["e"]),
+        None if idle is None else _time("i", idle),
+        None if absolute is None else _time("x", absolute),
+    )
 
 
 def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) -> Record:
@@ -250,31 +203,22 @@ def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) 
         raise CorruptRecord("stored record is too short")
     # A view into immutable bytes can be kept (as the record's payload); anything else
     # is copied once, so a reused buffer can't change the payload afterwards.
-    view = memoryview(raw if isinstance(raw, bytes) else bytes(raw))
-    if view[: len(PREFIX)] != PREFIX or view[-_SIG_LEN - 1 : -_SIG_LEN] != _SEPARATOR:
+    if not isinstance(raw, bytes):
+        raw = bytes(raw)
+    if not raw.startswith(PREFIX) or raw[-_SIG_LEN - 1] != _SEPARATOR_BYTE:
         raise CorruptRecord("not an hs1 record")
-    body = view[len(PREFIX) : -_SIG_LEN - 1]
-    signature = view[-_SIG_LEN:]
-    if not any(
+    body = memoryview(raw)[len(PREFIX) : -_SIG_LEN - 1]
+    signature = raw[-_SIG_LEN:]
+    secrets = signing_secrets()
+    if not hmac.compare_digest(_signature(store_key, body, secrets[0]), signature) and not any(
         hmac.compare_digest(_signature(store_key, body, secret), signature)
-        for secret in signing_secrets()
+        for secret in secrets[1:]
     ):
         raise CorruptRecord("bad signature")
-    try:
-        text = str(body, "utf-8")  # straight from the stored bytes: no intermediate copy
-        payload = _decoder.decode(text)
-    except CorruptRecord:
-        raise
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise CorruptRecord(f"payload is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(payload, dict) or payload.keys() != _FIELDS:
-        raise CorruptRecord("payload does not have the hs1 fields")
-    data = payload["d"]
-    if not isinstance(data, dict):
-        raise CorruptRecord("session data is not an object")
-    if text.count("[") + text.count("{") > MAX_DEPTH and _depth_exceeds(data, MAX_DEPTH - 1):
-        raise CorruptRecord(f"session data nests deeper than {MAX_DEPTH - 1} levels")
-    version, created, activity, expiry, idle, absolute = _checked(payload)
+    fields = _parse_fast(body)
+    if fields is None:
+        fields = _parse_reference(body)
+    payload, data, (version, created, activity, expiry, idle, absolute) = fields
     return Record(
         data=data,
         version=version,
@@ -288,11 +232,49 @@ def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) 
     )
 
 
+_Fields = tuple[dict[str, Any], dict[str, Any], tuple[int, int, int, int, int | None, int | None]]
+
+
+def _fields(payload: Any) -> _Fields:
+    if not isinstance(payload, dict) or payload.keys() != _FIELDS:
+        raise CorruptRecord("payload does not have the hs1 fields")
+    data = payload["d"]
+    if not isinstance(data, dict):
+        raise CorruptRecord("session data is not an object")
+    return payload, data, _checked(payload)
+
+
+def _parse_fast(body: memoryview) -> _Fields | None:
+    """orjson's reading of a verified payload, when it is exactly json's; else ``None``."""
+    payload = payload_json.fast_loads(body)
+    if payload is None:
+        return None
+    try:
+        fields = _fields(payload)
+    except CorruptRecord:
+        return None  # json gives the verdict (and the reason)
+    if payload_json.needs_reference(fields[1], MAX_DEPTH - 1):
+        return None
+    return fields
+
+
+def _parse_reference(body: memoryview) -> _Fields:
+    try:
+        payload = payload_json.reference_loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptRecord(f"payload is not valid JSON ({exc.__class__.__name__})") from None
+    fields = _fields(payload)
+    if payload_json.too_deep(fields[1], MAX_DEPTH - 1):
+        raise CorruptRecord(f"session data nests deeper than {MAX_DEPTH - 1} levels")
+    return fields
+
+
 def decode_payload_data(payload: bytes | memoryview) -> dict[str, Any]:
     """The session dict of a payload this process encoded or verified earlier."""
-    data = _decoder.decode(str(payload, "utf-8"))["d"]
-    assert isinstance(data, dict)
-    return data
+    fields = _parse_fast(memoryview(payload))
+    if fields is None:
+        fields = _parse_reference(memoryview(payload))
+    return fields[1]
 
 
 _VERSION_HEAD = PREFIX + b'{"n":'

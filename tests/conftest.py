@@ -95,3 +95,19 @@ def db_alias(request: pytest.FixtureRequest) -> Iterator[str]:
         require_server(alias, f"database alias {alias!r} needs {env_var} (a database URL)")
     with override_settings(DATABASE_ROUTERS=[SessionsAliasRouter(alias)]):
         yield alias
+
+
+@pytest.fixture(params=["orjson", "json"])
+def json_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each JSON path of ``hardened_sessions.payload_json`` in turn: orjson where it
+    stands, and the json module alone (as without orjson installed)."""
+    from hardened_sessions import payload_json
+
+    backend: str = request.param
+    if backend == "json":
+        monkeypatch.setattr(payload_json, "orjson", None)
+    elif payload_json.orjson is None:
+        if running_under_ci():
+            pytest.fail("orjson is required when CI is set (an install requirement)")
+        pytest.skip("orjson is not installed")
+    return backend

@@ -50,6 +50,8 @@ OTHER_STORE_KEY = hashlib.sha256(b"the attacker's session key").hexdigest()
 BIG = 16 * 1024 * 1024
 
 on_every_database = pytest.mark.django_db(transaction=True, databases="__all__")
+# Every case holds whichever JSON path writes and reads the record.
+pytestmark = pytest.mark.usefixtures("json_backend")
 fuzz = hypothesis_settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
