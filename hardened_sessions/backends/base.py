@@ -33,8 +33,11 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.module_loading import import_string
 
 from .. import keys, record
 from ..buffers import BufferPool, default_pool
@@ -95,6 +98,11 @@ class HardenedSessionBase(SessionBase):
     _session_cache: dict[str, Any]
 
     def __init__(self, session_key: str | None = None) -> None:
+        # What SessionBase.__init__ sets, but for ``serializer`` (see below): a session is
+        # built on every request, and importing the serializer is a tenth of a load.
+        self._session_key = session_key
+        self.accessed = False
+        self.modified = False
         self._lock = threading.RLock()
         self._record: Record | None = None
         self._token: Token = None
@@ -103,7 +111,12 @@ class HardenedSessionBase(SessionBase):
         self.rotation_failed = False
         # {"ip": ..., "user_agent": ...} when DEVICE_METADATA is on (set by the middleware).
         self.device: dict[str, str] | None = None
-        super().__init__(session_key)
+
+    @cached_property
+    def serializer(self) -> Any:
+        """``SESSION_SERIALIZER``, for Django's ``encode()``/``decode()`` (records never
+        use it: they are JSON by construction)."""
+        return import_string(settings.SESSION_SERIALIZER)
 
     # ------------------------------------------------------------------ primitives
     # Engines implement these. They raise SessionStoreUnavailable when the store
@@ -199,38 +212,36 @@ class HardenedSessionBase(SessionBase):
 
     def _get_session(self, no_load: bool = False) -> dict[str, Any]:
         self.accessed = True
+        # ``_session_cache`` is unset until loaded (as in SessionBase); looked up in the
+        # instance dict, because a caught AttributeError costs more than the lookup.
+        attrs = self.__dict__
         with self._lock:
-            try:
+            cached: dict[str, Any] | None = attrs.get("_session_cache")
+            if cached is not None:
+                return cached
+            if self.session_key is None or no_load:
+                self._session_cache = {}
                 return self._session_cache
-            except AttributeError:
-                if self.session_key is None or no_load:
-                    self._session_cache = {}
-                    return self._session_cache
         data = self.load()  # store I/O outside the lock
         with self._lock:
-            try:
-                # Another thread finished loading first: keep its dict.
-                return self._session_cache
-            except AttributeError:
-                self._session_cache = data
-                return data
+            # Another thread finished loading first: keep its dict.
+            session: dict[str, Any] = attrs.setdefault("_session_cache", data)
+            return session
 
     async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
         self.accessed = True
+        attrs = self.__dict__
         with self._lock:
-            try:
+            cached: dict[str, Any] | None = attrs.get("_session_cache")
+            if cached is not None:
+                return cached
+            if self.session_key is None or no_load:
+                self._session_cache = {}
                 return self._session_cache
-            except AttributeError:
-                if self.session_key is None or no_load:
-                    self._session_cache = {}
-                    return self._session_cache
         data = await self.aload()
         with self._lock:
-            try:
-                return self._session_cache
-            except AttributeError:
-                self._session_cache = data
-                return data
+            session: dict[str, Any] = attrs.setdefault("_session_cache", data)
+            return session
 
     _session = property(_get_session)
 
