@@ -444,18 +444,14 @@ class RawCache:
             finally:
                 client.close()
             return
-        from pymemcache.client.hash import HashClient
-
-        from hardened_sessions.stores.memcached import RendezvousNodes
-
-        # The node the session store's own client picks for this key.
-        pool = HashClient(
-            [s.address for s in self.memcached_servers], no_delay=True, hasher=RendezvousNodes
-        )
-        try:
-            assert pool.set(key, value, expire=ttl, noreply=False, flags=1 if pickled else 0)
-        finally:
-            pool.close()
+        # On every server of the pool: whichever node a client picks for the key (the
+        # session store's placement, or the stock cache API's) holds the value.
+        for server in self.memcached_servers:
+            client = raw_memcached(server)
+            try:
+                assert client.set(key, value, expire=ttl, noreply=False, flags=1 if pickled else 0)
+            finally:
+                client.close()
 
     def delete(self, key: str) -> None:
         if self.variant == "locmem":

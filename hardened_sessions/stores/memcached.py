@@ -124,9 +124,10 @@ class MemcachedByteStore:
         def make_client() -> HashClient:
             return HashClient(servers, ignore_exc=False, default_noreply=False, **options)
 
-        return cls(
-            make_client, cache.make_and_validate_key, shared=bool(options.get("use_pooling"))
-        )
+        # Store keys are always 64 hex digits: Django's per-character key check runs once,
+        # here (pymemcache still refuses a malformed key on every command).
+        cache.validate_key(cache.make_key(KEY_NAMESPACE + "0" * 64))
+        return cls(make_client, cache.make_key, shared=bool(options.get("use_pooling")))
 
     def _key(self, key: str) -> str:
         return str(self._make_key(KEY_NAMESPACE + key))
