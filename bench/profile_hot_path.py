@@ -6,6 +6,10 @@ runs ``--profile-ops`` operations under cProfile. Written to ``--out``:
 ``profile-<case>-<time>.pstats`` (for ``python -m pstats`` or snakeviz) and ``.txt``
 (the top entries by own time and by cumulative time); the top own-time entries are
 printed and kept in the JSON.
+
+``profile/cache-redis-think-time`` (:func:`think_time_case`) sets the hardened
+read-modify-write on Redis beside the raw floor and beside the floor slowed by the
+hardened engine's extra client time, to show what the distance to the floor is made of.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
+import time
 from importlib import import_module
 from typing import Any
 
+from common import median
 from micro import EngineSide, Payload
 
 CASES = {
@@ -135,8 +141,90 @@ def profile_case(name: str, ops: int, out_stem: Any) -> dict[str, Any]:
     }
 
 
+def think_time_case(redis_url: str, ops: int, rounds: int) -> dict[str, Any]:
+    """How much of the hardened engine's distance to the raw floor is its client time.
+
+    Three sides in alternating rounds: the hardened read-modify-write (cache engine,
+    django-redis), the floor (redis-py GET + SET of bytes of the record's size), and
+    the floor with as much busy time between its two commands as the hardened engine
+    spends in the client beyond the floor (measured: process CPU time per operation).
+    If the third side lands near the hardened one, the distance to the floor is the
+    engine's Python work, not its I/O (which is the same two round trips).
+    """
+    from django.conf import settings
+
+    from micro import TTL, RedisFloor, record_size
+
+    settings.SESSION_CACHE_ALIAS = "redis"
+    store_cls = import_module("hardened_sessions.backends.cache").SessionStore
+    payload = Payload.make(PAYLOAD)
+    hardened = EngineSide(store_cls, payload)
+    hardened.prepare()
+    floor = RedisFloor(redis_url, record_size(store_cls, payload))
+    floor.prepare()
+
+    def timed(run: Any, n: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        run(n)
+        return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+
+    hardened.rmw(max(20, ops // 5))  # warm-up
+    floor.rmw(max(20, ops // 5))
+    cpu_hardened = median([timed(hardened.rmw, ops)[1] for _ in range(3)])
+    cpu_floor = median([timed(floor.rmw, ops)[1] for _ in range(3)])
+    think = max(0.0, cpu_hardened - cpu_floor)
+
+    def floor_with_think(n: int) -> None:
+        r, key, values = floor.r, floor.key, floor.values
+        clock = time.perf_counter
+        for i in range(n):
+            r.get(key)
+            until = clock() + think
+            while clock() < until:
+                pass
+            r.set(key, values[i % len(values)], ex=TTL)
+
+    sides = {"hardened": hardened.rmw, "floor": floor.rmw, "floor_with_think": floor_with_think}
+    walls: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, run in sides.items():
+            walls[name].append(timed(run, ops)[0])
+    rates = {name: 1 / median(values) for name, values in walls.items()}
+    return {
+        "id": "profile/cache-redis-think-time",
+        "payload": PAYLOAD,
+        "ops_per_round": ops,
+        "rounds": rounds,
+        "client_cpu_us_per_op": {"hardened": 1e6 * cpu_hardened, "floor": 1e6 * cpu_floor},
+        "think_us": 1e6 * think,
+        "ops_per_s": rates,
+        "floor_with_think_over_floor": rates["floor_with_think"] / rates["floor"],
+        "hardened_over_floor": rates["hardened"] / rates["floor"],
+        "hardened_over_floor_with_think": rates["hardened"] / rates["floor_with_think"],
+    }
+
+
 def section(run: Any, env: Any) -> None:
     results = []
+    think_id = "profile/cache-redis-think-time"
+    if run.selected(think_id):
+        if env.has("redis"):
+            ops = max(50, run.args.profile_ops // 3)
+            think = think_time_case(env.redis_url, ops, 3 if run.args.quick else 7)
+            results.append(think)
+            rates = think["ops_per_s"]
+            print(
+                f"\n{think_id}: client CPU per {PAYLOAD} B read-modify-write: hardened "
+                f"{think['client_cpu_us_per_op']['hardened']:.0f} µs, floor "
+                f"{think['client_cpu_us_per_op']['floor']:.0f} µs. Ops/s: hardened "
+                f"{rates['hardened']:,.0f}, floor {rates['floor']:,.0f}, floor with "
+                f"{think['think_us']:.0f} µs of busy time between its commands "
+                f"{rates['floor_with_think']:,.0f} ({think['floor_with_think_over_floor']:.2f}× "
+                f"the floor; hardened ÷ it: {think['hardened_over_floor_with_think']:.2f})",
+                flush=True,
+            )
+        else:
+            run.skip(think_id, f"redis: {env.missing['redis']}")
     for name in CASES:
         case_id = f"profile/{name}"
         if not run.selected(case_id):

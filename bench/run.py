@@ -23,6 +23,8 @@ matches against (a regular expression, searched; repeat it to select more):
     django.contrib.sessions, driven by a load generator in another process;
 ``profile/<store>``
     cProfile of the hardened read-modify-write at 4 KiB (``db-sqlite-wal``, ``cache-redis``);
+    and ``profile/cache-redis-think-time``: the raw floor given as much busy time between
+    its commands as the hardened engine spends in the client, next to both;
 ``clear_expired``
     ``clearexpiredsessions`` over 1,000,000 expired rows on PostgreSQL while 4 threads
     read and write live sessions (see ``bench/clear_expired.py``).
