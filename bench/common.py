@@ -373,6 +373,7 @@ def machine_info() -> dict[str, Any]:
     packages = [
         "Django",
         "django-hardened-sessions",
+        "orjson",
         "django-redis",
         "redis",
         "pymemcache",
