@@ -76,6 +76,7 @@ __all__ = [
     "raw_redis",
     "servers_for",
     "sessions_cache",
+    "variant_cache",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -780,10 +781,9 @@ def sessions_cache(config: dict[str, Any], **more_settings: Any) -> Iterator[str
                 caches[SESSIONS_ALIAS].close()
 
 
-@pytest.fixture(params=list(CACHE_VARIANTS), ids=list(CACHE_VARIANTS))
-def session_cache(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each cache configuration the cache engines serve, as the ``sessions`` alias."""
-    variant: str = request.param
+@contextmanager
+def variant_cache(variant: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The ``sessions`` alias on ``variant``, emptied of this suite's data before and after."""
     servers = servers_for(variant, request)
     flush_variant(variant, servers)
     try:
@@ -791,6 +791,13 @@ def session_cache(request: pytest.FixtureRequest) -> Iterator[str]:
             yield alias
     finally:
         flush_variant(variant, servers)
+
+
+@pytest.fixture(params=list(CACHE_VARIANTS), ids=list(CACHE_VARIANTS))
+def session_cache(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each cache configuration the cache engines serve, as the ``sessions`` alias."""
+    with variant_cache(request.param, request) as alias:
+        yield alias
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.conf import get_config
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.models import HardenedSession
+from tests.helpers import new_session
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -54,14 +55,6 @@ def stored(alias: str, session_key: str) -> tuple[dict[str, Any], int]:
 
 def stored_hashes(alias: str) -> set[str]:
     return set(HardenedSession.objects.using(alias).values_list("pk", flat=True))
-
-
-def new_session(data: dict[str, Any]) -> str:
-    session = SessionStore()
-    session.update(data)
-    session.save()
-    assert session.session_key is not None
-    return session.session_key
 
 
 def request_on(session_key: str) -> SessionStore:
@@ -108,7 +101,7 @@ def _pop(session: SessionStore, key: str) -> None:
 def test_flag_removed_by_one_request_is_not_restored_by_a_stale_save(
     db_alias: str, flag: str, remove: Callable[[SessionStore, str], None]
 ) -> None:
-    key = new_session({"user": "alice", flag: 1700000000, "theme": "light"})
+    key = new_session(SessionStore, {"user": "alice", flag: 1700000000, "theme": "light"})
     a = request_on(key)
     b = request_on(key)  # stale from here on: it still holds the flag
 
@@ -129,7 +122,7 @@ def test_flag_removed_by_one_request_is_not_restored_by_a_stale_save(
 
 
 def test_disjoint_changes_of_two_requests_both_survive(db_alias: str) -> None:
-    key = new_session({"keep": "me", "x": 1, "y": 2})
+    key = new_session(SessionStore, {"keep": "me", "x": 1, "y": 2})
     a = request_on(key)
     b = request_on(key)
 
@@ -173,7 +166,7 @@ def test_same_key_changed_by_both_requests_last_writer_wins(
     second: Callable[[SessionStore], None],
     expected: dict[str, Any],
 ) -> None:
-    key = new_session({"other": 1, "color": "green"})
+    key = new_session(SessionStore, {"other": 1, "color": "green"})
     a = request_on(key)
     b = request_on(key)
 
@@ -190,7 +183,8 @@ def test_same_key_changed_by_both_requests_last_writer_wins(
 
 def test_nested_mutation_marked_modified_counts_as_a_change(db_alias: str) -> None:
     key = new_session(
-        {"cart": ["apple"], "prefs": {"lang": "en"}, "otp_verified": True, "user": "alice"}
+        SessionStore,
+        {"cart": ["apple"], "prefs": {"lang": "en"}, "otp_verified": True, "user": "alice"},
     )
     a = request_on(key)
     b = request_on(key)
@@ -214,7 +208,7 @@ def test_nested_mutation_marked_modified_counts_as_a_change(db_alias: str) -> No
 
 
 def test_clear_in_a_stale_request_removes_everything_it_had_loaded(db_alias: str) -> None:
-    key = new_session({"user": "alice", "otp_verified": True, "cart": ["apple"]})
+    key = new_session(SessionStore, {"user": "alice", "otp_verified": True, "cart": ["apple"]})
     a = request_on(key)
     b = request_on(key)
 
@@ -263,7 +257,7 @@ def test_stale_save_after_logout_or_rotation_raises_and_creates_no_row(
     end: Callable[[SessionStore], None],
     stale_write: Callable[[SessionStore], None],
 ) -> None:
-    key = new_session({"user": "alice", "otp_verified": True})
+    key = new_session(SessionStore, {"user": "alice", "otp_verified": True})
     old_hash = keys.store_key(key)
     a = request_on(key)
     b = request_on(key)
@@ -293,7 +287,7 @@ def test_stale_save_after_logout_or_rotation_raises_and_creates_no_row(
 
 
 def test_merged_save_brings_the_other_requests_changes_into_memory(db_alias: str) -> None:
-    key = new_session({"user": "alice", "otp_verified": True, "shared": 0})
+    key = new_session(SessionStore, {"user": "alice", "otp_verified": True, "shared": 0})
     a = request_on(key)
     b = request_on(key)
 
@@ -324,7 +318,7 @@ def test_merged_save_brings_the_other_requests_changes_into_memory(db_alias: str
 def test_many_stale_requests_saving_at_once_all_survive(db_alias: str, n_requests: int) -> None:
     # All but one of these saves meet a newer version and take the merge path, which on
     # SQLite is serialised by the IMMEDIATE transaction of the recommended OPTIONS.
-    key = new_session({"user": "alice"})
+    key = new_session(SessionStore, {"user": "alice"})
     loaded = threading.Barrier(n_requests, timeout=THREAD_TIMEOUT)
 
     def request(i: int) -> None:
@@ -378,7 +372,7 @@ class OvertakenOnEveryMerge(SessionStore):
 def test_endless_conflicts_give_up_after_key_attempts_without_writing(
     db_alias: str, attempts: int
 ) -> None:
-    key = new_session({"user": "alice"})
+    key = new_session(SessionStore, {"user": "alice"})
     with override_settings(HARDENED_SESSIONS={"KEY_ATTEMPTS": attempts}):
         stale = OvertakenOnEveryMerge(key, overtakes=attempts + 5)
         assert dict(stale.items()) == {"user": "alice"}

@@ -19,17 +19,10 @@ from django.contrib.sessions.backends.base import UpdateError
 from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.stores import store_for_cache
-from tests.servers import RawCache, cache_settings, flush_variant, servers_for, sessions_cache
+from tests.helpers import new_session
+from tests.servers import RawCache, servers_for, variant_cache
 
 THREAD_TIMEOUT = 60
-
-
-def new_session(data: dict[str, Any]) -> str:
-    session = SessionStore()
-    session.update(data)
-    session.save()
-    assert session.session_key is not None
-    return session.session_key
 
 
 def loaded(key: str) -> SessionStore:
@@ -49,7 +42,7 @@ def stored(key: str) -> tuple[dict[str, Any], int]:
 def test_flag_removed_by_one_request_is_not_restored_by_a_stale_save(
     raw_session_cache: RawCache,
 ) -> None:
-    key = new_session({"user": "alice", "otp_verified": True, "theme": "light"})
+    key = new_session(SessionStore, {"user": "alice", "otp_verified": True, "theme": "light"})
     a = loaded(key)
     b = loaded(key)  # stale from here on: it still holds the flag
 
@@ -66,7 +59,7 @@ def test_flag_removed_by_one_request_is_not_restored_by_a_stale_save(
 def test_a_stale_save_after_a_delete_raises_and_stores_nothing(
     raw_session_cache: RawCache,
 ) -> None:
-    key = new_session({"user": "alice"})
+    key = new_session(SessionStore, {"user": "alice"})
     a = loaded(key)
     b = loaded(key)
     a.flush()
@@ -82,7 +75,7 @@ def test_a_stale_save_after_a_delete_raises_and_stores_nothing(
 def test_many_stale_requests_saving_at_once_all_survive(
     raw_session_cache: RawCache, n_requests: int
 ) -> None:
-    key = new_session({"user": "alice"})
+    key = new_session(SessionStore, {"user": "alice"})
     all_loaded = threading.Barrier(n_requests, timeout=THREAD_TIMEOUT)
     errors: list[BaseException] = []
 
@@ -120,20 +113,15 @@ def staging_keys(raw: RawCache) -> list[str]:
 @pytest.fixture(params=["django-redis", "django-rediscache"])
 def redis_cache(request: pytest.FixtureRequest) -> Iterator[RawCache]:
     variant: str = request.param
-    servers = servers_for(variant, request)
-    flush_variant(variant, servers)
-    try:
-        with sessions_cache(cache_settings(variant, **servers)) as alias:
-            yield RawCache(variant, servers, alias)
-    finally:
-        flush_variant(variant, servers)
+    with variant_cache(variant, request) as alias:
+        yield RawCache(variant, servers_for(variant, request), alias)
 
 
 def test_saves_recover_when_the_server_forgot_its_scripts(redis_cache: RawCache) -> None:
     from tests.servers import raw_redis
 
     assert redis_cache.redis_server is not None
-    key = new_session({"n": 0})
+    key = new_session(SessionStore, {"n": 0})
     for n in range(1, 4):
         admin = raw_redis(redis_cache.redis_server)
         try:
@@ -161,7 +149,7 @@ def test_a_save_sends_the_record_outside_the_script(redis_cache: RawCache) -> No
         sent.extend(commands)
         return real(commands)
 
-    key = new_session({"blob": "x" * 20_000})
+    key = new_session(SessionStore, {"blob": "x" * 20_000})
     store._execute = spy
     try:
         for blob in ("y", "z"):
@@ -188,7 +176,7 @@ def test_a_failed_batch_leaves_no_reply_for_the_next_command(redis_cache: RawCac
     from tests.servers import raw_redis
 
     assert redis_cache.redis_server is not None
-    key = new_session({"n": 0})
+    key = new_session(SessionStore, {"n": 0})
     admin = raw_redis(redis_cache.redis_server)
     try:
         admin.config_set("maxmemory", 1)

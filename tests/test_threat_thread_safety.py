@@ -30,6 +30,7 @@ from hardened_sessions import keys, record
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.conf import get_config
 from hardened_sessions.models import HardenedSession
+from tests.helpers import new_session
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -53,14 +54,6 @@ def frequent_thread_switches() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
-
-
-def new_session(data: dict[str, Any]) -> str:
-    session = SessionStore()
-    session.update(data)
-    session.save()
-    assert session.session_key is not None
-    return session.session_key
 
 
 def stored_record(alias: str, session_key: str) -> tuple[record.Record, HardenedSession]:
@@ -109,7 +102,7 @@ def _catching(target: Callable[[], None], errors: list[BaseException]) -> Callab
 
 @pytest.mark.usefixtures("frequent_thread_switches")
 def test_saves_of_a_shared_session_store_consistent_snapshots(db_alias: str) -> None:
-    key = new_session({"x": 1000, **FILLER, "y": 1000, "_session_expiry": 1000})
+    key = new_session(SessionStore, {"x": 1000, **FILLER, "y": 1000, "_session_expiry": 1000})
     shared = SessionStore(key)
     assert shared.get("x") == 1000  # loaded
 
@@ -219,7 +212,7 @@ class RendezvousOnRead(SessionStore):
 
 
 def test_simultaneous_first_loads_share_one_dict(db_alias: str) -> None:
-    key = new_session({"user": "alice"})
+    key = new_session(SessionStore, {"user": "alice"})
     shared = RendezvousOnRead(key)
     seen: dict[str, Any] = {}
     errors: list[BaseException] = []
@@ -271,7 +264,7 @@ class WriteHeldForThreadB(SessionStore):
 
 
 def test_two_threads_saving_one_session_object_lose_no_write(db_alias: str) -> None:
-    key = new_session({"user": "alice", "y": 0})
+    key = new_session(SessionStore, {"user": "alice", "y": 0})
     shared = WriteHeldForThreadB(key)
     assert shared["y"] == 0  # loaded
     errors: list[BaseException] = []
