@@ -100,19 +100,18 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 en
 
 # SHA-1 of each script's source, as EVALSHA names it.
 _SHAS: dict[str, str] = {}
-# redis-py before 5.3 needs a command name for get_connection(); later ones deprecate it.
-_GET_CONNECTION_ARGS: dict[bool, tuple[str, ...]] = {True: ("GET",), False: ()}
-_NEEDS_COMMAND_NAME: dict[type, bool] = {}
+# The arguments get_connection() wants, by pool class: redis-py before 5.3 needs a
+# command name, later versions deprecate passing one.
+_GET_CONNECTION_ARGS: dict[type, tuple[str, ...]] = {}
 
 
-def _takes_command_name(pool: Any) -> bool:
-    kind = type(pool)
-    needs = _NEEDS_COMMAND_NAME.get(kind)
-    if needs is None:
+def _get_connection_args(pool: Any) -> tuple[str, ...]:
+    args = _GET_CONNECTION_ARGS.get(type(pool))
+    if args is None:
         parameters = list(inspect.signature(pool.get_connection).parameters.values())
-        needs = bool(parameters) and parameters[0].default is inspect.Parameter.empty
-        _NEEDS_COMMAND_NAME[kind] = needs
-    return needs
+        needs_name = bool(parameters) and parameters[0].default is inspect.Parameter.empty
+        args = _GET_CONNECTION_ARGS[type(pool)] = ("GET",) if needs_name else ()
+    return args
 
 
 def _unavailable(exc: Exception, what: str) -> SessionStoreUnavailable:
@@ -194,7 +193,7 @@ class RedisByteStore:
         other failure drops the connection, so no reply is ever left for the next user.
         """
         pool = self._client().connection_pool
-        conn = pool.get_connection(*_GET_CONNECTION_ARGS[_takes_command_name(pool)])
+        conn = pool.get_connection(*_get_connection_args(pool))
         try:
             packed = b"".join(conn.pack_commands(commands))
 
@@ -209,11 +208,11 @@ class RedisByteStore:
         finally:
             pool.release(conn)
 
-    def _evalsha(self, name: str, source: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def _evalsha(self, source: str, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``_execute`` of commands ending in EVALSHA of a script (loaded on NOSCRIPT)."""
         sha = _SHAS.get(source)
         if sha is None:
-            sha = _SHAS[source] = hashlib.sha1(source.encode()).hexdigest()
+            sha = _SHAS[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
         commands[-1] = ("EVALSHA", sha, *commands[-1])
         try:
             return self._execute(commands)
@@ -245,7 +244,7 @@ class RedisByteStore:
                     created = self._client().set(keys[0], bytes(value), ex=ttl, nx=True)
             elif self._lean:
                 (created,) = self._evalsha(
-                    "add", ADD_SCRIPT, [(len(keys), *keys, bytes(value), ttl, b"", key)]
+                    ADD_SCRIPT, [(len(keys), *keys, bytes(value), ttl, b"", key)]
                 )
             else:
                 created = self._run_script("add", ADD_SCRIPT, keys, [bytes(value), ttl, b"", key])
@@ -281,7 +280,6 @@ class RedisByteStore:
                 # Named after the new record's signature: unique to this write.
                 staging = f"{keys[0]}:next:{bytes(value[-16:]).decode('ascii')}"
                 *_, outcome = self._evalsha(
-                    "staged-cas",
                     STAGED_CAS_SCRIPT,
                     [
                         ("SET", staging, bytes(value), "EX", STAGING_TTL),
