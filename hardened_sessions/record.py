@@ -209,10 +209,9 @@ def decode(raw: bytes | bytearray | memoryview, store_key: str, max_bytes: int) 
         raise CorruptRecord("not an hs1 record")
     body = memoryview(raw)[len(PREFIX) : -_SIG_LEN - 1]
     signature = raw[-_SIG_LEN:]
-    secrets = signing_secrets()
-    if not hmac.compare_digest(_signature(store_key, body, secrets[0]), signature) and not any(
-        hmac.compare_digest(_signature(store_key, body, secret), signature)
-        for secret in secrets[1:]
+    current, *fallbacks = signing_secrets()
+    if not hmac.compare_digest(_signature(store_key, body, current), signature) and not any(
+        hmac.compare_digest(_signature(store_key, body, secret), signature) for secret in fallbacks
     ):
         raise CorruptRecord("bad signature")
     fields = _parse_fast(body)
