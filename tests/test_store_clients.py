@@ -51,10 +51,12 @@ def test_redis_sockets_have_tcp_nodelay(variant: str, redis_server: Server) -> N
         session.save()
         assert SessionStore(session.session_key)["k"] == "v"
         store: Any = store_for_cache("sessions")
+        # The engine's own per-thread connection, and any the pool made.
         pool = store._client().connection_pool
         connections = list(pool._available_connections) + list(pool._in_use_connections)
+        connections.append(store._local.conn)
         sockets = [c._sock for c in connections if c._sock is not None]
-        assert sockets
+        assert store._local.conn._sock in sockets
         assert all(nodelay(sock) for sock in sockets)
 
 

@@ -189,3 +189,70 @@ def test_a_failed_batch_leaves_no_reply_for_the_next_command(redis_cache: RawCac
         admin.close()
     for _ in range(5):
         assert SessionStore(key)["n"] == 0
+
+
+# --------------------------------------------------------------------------- Redis connections
+
+
+def test_each_thread_talks_over_a_connection_of_its_own(redis_cache: RawCache) -> None:
+    store: Any = store_for_cache(redis_cache.alias)
+    key = new_session(SessionStore, {"n": 1})
+    assert SessionStore(key)["n"] == 1
+    mine = store._local.conn
+    seen: list[Any] = []
+
+    def other_thread() -> None:
+        assert SessionStore(key)["n"] == 1
+        seen.append(store._local.conn)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(THREAD_TIMEOUT)
+    assert seen and seen[0] is not mine
+
+
+def test_a_connection_the_server_closed_is_replaced_before_use(redis_cache: RawCache) -> None:
+    from tests.servers import raw_redis
+
+    assert redis_cache.redis_server is not None
+    key = new_session(SessionStore, {"n": 1})
+    assert SessionStore(key)["n"] == 1  # this thread's connection is open now
+    admin = raw_redis(redis_cache.redis_server)
+    try:
+        assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    finally:
+        admin.close()
+    # No 503 for the next request: the dead socket is noticed before the command.
+    session = SessionStore(key)
+    assert session["n"] == 1
+    session["n"] = 2
+    session.save()
+    assert SessionStore(key)["n"] == 2
+
+
+def test_a_forked_child_opens_its_own_connection(redis_cache: RawCache) -> None:
+    import os
+
+    store: Any = store_for_cache(redis_cache.alias)
+    key = new_session(SessionStore, {"n": 1})
+    assert SessionStore(key)["n"] == 1
+    parent_conn = store._local.conn
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, never return into pytest
+        status = 1
+        try:
+            fresh = getattr(store._local, "conn", None) is None
+            ok = SessionStore(key)["n"] == 1 and store._local.conn is not parent_conn
+            os.write(write, b"ok" if fresh and ok else b"no")
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    answer = os.read(read, 2)
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and answer == b"ok"
+    # The parent's connection is untouched and in step.
+    assert store._local.conn is parent_conn
+    assert SessionStore(key)["n"] == 1
