@@ -194,11 +194,16 @@ def test_a_failed_batch_leaves_no_reply_for_the_next_command(redis_cache: RawCac
 # --------------------------------------------------------------------------- Redis connections
 
 
-def test_each_thread_talks_over_a_connection_of_its_own(redis_cache: RawCache) -> None:
+def loaded_over_redis(redis_cache: RawCache) -> tuple[Any, str, Any]:
+    """The store, the key of a session {"n": 1} loaded once, and this thread's connection."""
     store: Any = store_for_cache(redis_cache.alias)
     key = new_session(SessionStore, {"n": 1})
-    assert SessionStore(key)["n"] == 1
-    mine = store._local.conn
+    assert SessionStore(key)["n"] == 1  # this thread's connection is open now
+    return store, key, store._local.conn
+
+
+def test_each_thread_talks_over_a_connection_of_its_own(redis_cache: RawCache) -> None:
+    store, key, mine = loaded_over_redis(redis_cache)
     seen: list[Any] = []
 
     def other_thread() -> None:
@@ -215,8 +220,7 @@ def test_a_connection_the_server_closed_is_replaced_before_use(redis_cache: RawC
     from tests.servers import raw_redis
 
     assert redis_cache.redis_server is not None
-    key = new_session(SessionStore, {"n": 1})
-    assert SessionStore(key)["n"] == 1  # this thread's connection is open now
+    _, key, _ = loaded_over_redis(redis_cache)
     admin = raw_redis(redis_cache.redis_server)
     try:
         assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
@@ -233,10 +237,7 @@ def test_a_connection_the_server_closed_is_replaced_before_use(redis_cache: RawC
 def test_a_forked_child_opens_its_own_connection(redis_cache: RawCache) -> None:
     import os
 
-    store: Any = store_for_cache(redis_cache.alias)
-    key = new_session(SessionStore, {"n": 1})
-    assert SessionStore(key)["n"] == 1
-    parent_conn = store._local.conn
+    store, key, parent_conn = loaded_over_redis(redis_cache)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, never return into pytest
