@@ -42,6 +42,7 @@ __all__ = [
     "TooDeep",
     "dumps",
     "fast_loads",
+    "needs_reference",
     "reference_loads",
     "survey",
     "too_deep",
