@@ -447,12 +447,12 @@ class RawCache:
             return
         # On every server of the pool: whichever node a client picks for the key (the
         # session store's placement, or the stock cache API's) holds the value.
-        for server in self.memcached_servers:
-            client = raw_memcached(server)
-            try:
-                assert client.set(key, value, expire=ttl, noreply=False, flags=1 if pickled else 0)
-            finally:
-                client.close()
+        for stored in self._on_every_memcached(
+            lambda client: client.set(
+                key, value, expire=ttl, noreply=False, flags=1 if pickled else 0
+            )
+        ):
+            assert stored
 
     def delete(self, key: str) -> None:
         if self.variant == "locmem":
@@ -467,12 +467,18 @@ class RawCache:
             finally:
                 client.close()
             return
+        self._on_every_memcached(lambda client: client.delete(key, noreply=False))
+
+    def _on_every_memcached(self, action: Callable[[Any], Any]) -> list[Any]:
+        """``action(client)`` on a plain client of each memcached server; the results."""
+        results = []
         for server in self.memcached_servers:
             client = raw_memcached(server)
             try:
-                client.delete(key, noreply=False)
+                results.append(action(client))
             finally:
                 client.close()
+        return results
 
     def ttl(self, key: str) -> float | None:
         """Seconds left before the entry expires; None when absent or without expiry."""

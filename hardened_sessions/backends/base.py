@@ -210,38 +210,38 @@ class HardenedSessionBase(SessionBase):
 
     # ------------------------------------------------------------------ the dict, locked
 
-    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+    def _cached_session(self, no_load: bool) -> dict[str, Any] | None:
+        """The session dict if no load is needed (an empty one for a new session), else
+        ``None``."""
         self.accessed = True
-        # ``_session_cache`` is unset until loaded (as in SessionBase); looked up in the
-        # instance dict, because a caught AttributeError costs more than the lookup.
-        attrs = self.__dict__
         with self._lock:
-            cached: dict[str, Any] | None = attrs.get("_session_cache")
+            # ``_session_cache`` is unset until loaded (as in SessionBase); looked up in
+            # the instance dict, because a caught AttributeError costs more.
+            cached: dict[str, Any] | None = self.__dict__.get("_session_cache")
             if cached is not None:
                 return cached
             if self.session_key is None or no_load:
                 self._session_cache = {}
                 return self._session_cache
-        data = self.load()  # store I/O outside the lock
+        return None
+
+    def _keep_loaded(self, data: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             # Another thread finished loading first: keep its dict.
-            session: dict[str, Any] = attrs.setdefault("_session_cache", data)
+            session: dict[str, Any] = self.__dict__.setdefault("_session_cache", data)
             return session
 
-    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
-        self.accessed = True
-        attrs = self.__dict__
-        with self._lock:
-            cached: dict[str, Any] | None = attrs.get("_session_cache")
-            if cached is not None:
-                return cached
-            if self.session_key is None or no_load:
-                self._session_cache = {}
-                return self._session_cache
-        data = await self.aload()
-        with self._lock:
-            session: dict[str, Any] = attrs.setdefault("_session_cache", data)
+    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+        session = self._cached_session(no_load)
+        if session is not None:
             return session
+        return self._keep_loaded(self.load())  # store I/O outside the lock
+
+    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
+        session = self._cached_session(no_load)
+        if session is not None:
+            return session
+        return self._keep_loaded(await self.aload())
 
     _session = property(_get_session)
 

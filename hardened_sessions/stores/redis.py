@@ -57,8 +57,9 @@ if KEYS[2] then
   end
 end
 """
-# Record bytes go to redis-py as bytes, not as a view of the engine's buffer: redis-py
-# sends a memoryview argument in a write of its own, one more packet per command.
+# On redis-py's command path, record bytes go as bytes, not as a view of the engine's
+# buffer: redis-py sends a memoryview argument in a write of its own, one more packet per
+# command. The lean path joins the packed command into one write, so it takes the view.
 # KEYS[1] = record, KEYS[2] = user index (optional);
 # ARGV[1] = record bytes, ARGV[2] = ttl seconds, ARGV[3] = expected head, ARGV[4] = member.
 # Returns 1 when replaced, 0 when the record changed, -1 when it is gone.
@@ -272,13 +273,11 @@ class RedisByteStore:
         try:
             if len(keys) == 1:
                 if self._lean:
-                    (created,) = self._execute((("SET", keys[0], bytes(value), "EX", ttl, "NX"),))
+                    (created,) = self._execute((("SET", keys[0], value, "EX", ttl, "NX"),))
                 else:
                     created = self._client().set(keys[0], bytes(value), ex=ttl, nx=True)
             elif self._lean:
-                (created,) = self._evalsha(
-                    ADD_SCRIPT, [(len(keys), *keys, bytes(value), ttl, b"", key)]
-                )
+                (created,) = self._evalsha(ADD_SCRIPT, [(len(keys), *keys, value, ttl, b"", key)])
             else:
                 created = self._run_script("add", ADD_SCRIPT, keys, [bytes(value), ttl, b"", key])
         except (RedisError, OSError) as exc:
@@ -315,7 +314,7 @@ class RedisByteStore:
                 *_, outcome = self._evalsha(
                     STAGED_CAS_SCRIPT,
                     [
-                        ("SET", staging, bytes(value), "EX", STAGING_TTL),
+                        ("SET", staging, value, "EX", STAGING_TTL),
                         (len(keys) + 1, keys[0], staging, *keys[1:], head, ttl, key),
                     ],
                 )
