@@ -17,7 +17,7 @@ from django.db.models.functions import Length
 from django.db.models.lookups import Exact
 from django.utils.translation import gettext_lazy as _
 
-__all__ = ["HardenedSession"]
+__all__ = ["HardenedSession", "ImportedDjangoSession"]
 
 
 class HardenedSession(models.Model):
@@ -70,3 +70,40 @@ class HardenedSession(models.Model):
 
         expire: datetime = self.expire_date
         return expire <= timezone.now()
+
+
+class ImportedDjangoSession(models.Model):
+    """A row of ``django_session`` that ``manage.py importdjangosessions`` imported.
+
+    The command imports a stock session at most once: a session that ended after its
+    import (logout, revoke, rotation) stays ended when the command runs again, while
+    ``django_session`` is left as it was (a rollback, or old instances of a rolling
+    deploy, still read it). Keyed by the SHA-256 of the session key, like the sessions
+    themselves. A row is pruned once the stock row it stands for has expired.
+    """
+
+    key_hash = models.CharField(
+        _("key hash"),
+        max_length=64,
+        primary_key=True,
+        help_text=_("SHA-256 of the stock session key; the key itself is never stored."),
+    )
+    stock_expire_date = models.DateTimeField(
+        _("stock expiry"),
+        db_index=True,
+        help_text=_("The latest expire_date the import saw on the stock row."),
+    )
+    imported_at = models.DateTimeField(_("imported at"))
+
+    class Meta:
+        db_table = "hardened_sessions_imported_django_session"
+        verbose_name = _("imported Django session")
+        verbose_name_plural = _("imported Django sessions")
+        constraints = [
+            models.CheckConstraint(
+                condition=Exact(Length("key_hash"), 64), name="hardened_imported_key_hash_len"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key_hash[:8]}…"
