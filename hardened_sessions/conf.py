@@ -4,10 +4,16 @@
 system checks in :mod:`hardened_sessions.checks`, which call :func:`validate`.
 At run time :func:`get_config` returns the parsed settings, cached until a
 ``setting_changed`` signal (``override_settings`` in tests) says otherwise.
+
+Django's own ``SESSION_COOKIE_*`` settings end up verbatim in a ``Set-Cookie``
+header, so :func:`cookie_problems` checks that each can only mean what it says
+(RFC 6265), and :func:`cookie_settings` refuses them at run time, even when the
+system checks were silenced: a cookie attribute is never injected through a setting.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +22,17 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-__all__ = ["DEFAULTS", "Config", "get_config", "signing_secrets", "validate"]
+__all__ = [
+    "DEFAULTS",
+    "Config",
+    "CookieProblem",
+    "CookieSettings",
+    "cookie_problems",
+    "cookie_settings",
+    "get_config",
+    "signing_secrets",
+    "validate",
+]
 
 DEFAULTS: dict[str, Any] = {
     "MAX_BYTES": 65536,
@@ -28,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "DEVICE_METADATA": False,
     "MAX_SESSIONS_PER_USER": None,
     "REVOKE_ON_PASSWORD_CHANGE": True,
+    "REAUTH_MAX_AGE": 900,
+    "REAUTH_URL": None,
 }
 
 # Bounds that keep a typo from turning into a denial of service or a no-op.
@@ -48,6 +66,8 @@ class Config:
     device_metadata: bool = False
     max_sessions_per_user: int | None = None
     revoke_on_password_change: bool = True
+    reauth_max_age: int = 900
+    reauth_url: str | None = None
 
 
 def _is_int(value: Any) -> bool:
@@ -102,6 +122,18 @@ def validate(raw: Any) -> list[str]:
             "HARDENED_SESSIONS['MAX_SESSIONS_PER_USER'] must be None or a positive integer, "
             f"not {cap!r}."
         )
+    reauth_age = merged["REAUTH_MAX_AGE"]
+    if not _is_int(reauth_age) or not 0 < reauth_age <= MAX_TIMEOUT:
+        problems.append(
+            "HARDENED_SESSIONS['REAUTH_MAX_AGE'] must be a number of seconds from 1 to "
+            f"{MAX_TIMEOUT} (ten years), not {reauth_age!r}."
+        )
+    reauth_url = merged["REAUTH_URL"]
+    if reauth_url is not None and (not isinstance(reauth_url, str) or not reauth_url):
+        problems.append(
+            "HARDENED_SESSIONS['REAUTH_URL'] must be None or a URL or URL name, "
+            f"not {reauth_url!r}."
+        )
     idle, touch = merged["IDLE_TIMEOUT"], merged["TOUCH_INTERVAL"]
     if touch is not None and _is_int(touch):
         if idle is None:
@@ -144,6 +176,8 @@ def get_config() -> Config:
         device_metadata=merged["DEVICE_METADATA"],
         max_sessions_per_user=merged["MAX_SESSIONS_PER_USER"],
         revoke_on_password_change=merged["REVOKE_ON_PASSWORD_CHANGE"],
+        reauth_max_age=merged["REAUTH_MAX_AGE"],
+        reauth_url=merged["REAUTH_URL"],
     )
     with _lock:
         _cached = config
@@ -152,10 +186,160 @@ def get_config() -> Config:
 
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs: Any) -> None:
-    global _cached
+    global _cached, _cookie_cached
     if setting == "HARDENED_SESSIONS":
         with _lock:
             _cached = None
+    elif setting.startswith("SESSION_COOKIE_"):
+        with _lock:
+            _cookie_cached = None
+
+
+# --- Django's cookie settings -----------------------------------------------------------
+
+# RFC 6265 section 4.1.1: cookie-name is an RFC 2616 token, i.e. visible US-ASCII except
+# the separators. (Python's http.cookies also takes ":", which is a separator.)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# path-value is any CHAR except CTLs and ";" (RFC 6265 section 4.1.1). Narrower here, on
+# purpose: a space, '"' and '\' make Python's own cookie parser drop the attribute or
+# the whole cookie, and "," is where parsers that split a folded Set-Cookie header cut
+# it. A browser ignores a Path that does not start with "/" (section 5.2.4).
+_PATH = re.compile(r"/[!#$%&'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]*")
+# A host name: dot-separated labels of letters, digits and "-" (not at either end of a
+# label), optionally after a leading "." (ignored by browsers, section 5.2.3).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*")
+_SAMESITE = ("lax", "strict", "none")
+# RFC 6265bis: user agents ignore a cookie whose attribute value is longer than this.
+MAX_ATTRIBUTE_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class CookieProblem:
+    """One bad ``SESSION_COOKIE_*`` setting: the check id it is reported under."""
+
+    id: str
+    msg: str
+    hint: str
+
+
+def cookie_problems() -> list[CookieProblem]:
+    """Problems of ``SESSION_COOKIE_NAME``, ``_PATH``, ``_DOMAIN``, ``_SAMESITE`` and
+    ``_AGE``: values that would inject or break a ``Set-Cookie`` attribute, crash the
+    response, or make every session dead on arrival."""
+    problems = []
+    name = settings.SESSION_COOKIE_NAME
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+        problems.append(
+            CookieProblem(
+                "hardened_sessions.E101",
+                f"SESSION_COOKIE_NAME is {name!r}, which is not a cookie name: it must be "
+                "letters, digits and !#$%&'*+-.^_`|~ only (an RFC 2616 token).",
+                'Spaces, control characters, non-ASCII and ()<>@,;:\\"/[]?={} would '
+                "break or extend the Set-Cookie header.",
+            )
+        )
+    path = settings.SESSION_COOKIE_PATH
+    if not isinstance(path, str) or not _PATH.fullmatch(path) or len(path) > MAX_ATTRIBUTE_LENGTH:
+        problems.append(
+            CookieProblem(
+                "hardened_sessions.E102",
+                f"SESSION_COOKIE_PATH is {path!r}, which cannot be a cookie's Path: it must "
+                "start with '/' and hold no ';', ',', space, quote, backslash, control or "
+                f"non-ASCII character, in at most {MAX_ATTRIBUTE_LENGTH} characters.",
+                "Percent-encode such characters as the URLs do (e.g. %20), or set '/'.",
+            )
+        )
+    domain = settings.SESSION_COOKIE_DOMAIN
+    if (
+        domain is not None
+        and domain != ""
+        and (not isinstance(domain, str) or not _DOMAIN.fullmatch(domain) or len(domain) > 253)
+    ):
+        problems.append(
+            CookieProblem(
+                "hardened_sessions.E103",
+                f"SESSION_COOKIE_DOMAIN is {domain!r}, which is not a host name: it must be "
+                "labels of letters, digits and '-' separated by dots (a leading dot is "
+                "allowed).",
+                "Use None (the cookie then goes to the exact host only), or a name such as "
+                "'example.com'; write international names in their xn-- (punycode) form.",
+            )
+        )
+    samesite = settings.SESSION_COOKIE_SAMESITE
+    if samesite is not False and (
+        not isinstance(samesite, str) or samesite.lower() not in _SAMESITE
+    ):
+        problems.append(
+            CookieProblem(
+                "hardened_sessions.E006",
+                f"SESSION_COOKIE_SAMESITE is {samesite!r}; use 'Lax', 'Strict', 'None' or False.",
+                "Django refuses any other value when it sets the cookie.",
+            )
+        )
+    age = settings.SESSION_COOKIE_AGE
+    if not _is_int(age) or not 0 < age <= MAX_TIMEOUT:
+        problems.append(
+            CookieProblem(
+                "hardened_sessions.E104",
+                f"SESSION_COOKIE_AGE is {age!r}; it must be a whole number of seconds from 1 "
+                f"to {MAX_TIMEOUT} (ten years).",
+                "Zero or less makes every session expire as it is created; beyond the bound "
+                "the stores' expiry dates overflow (browsers keep a cookie 400 days at most).",
+            )
+        )
+    return problems
+
+
+# Problems that would put another attribute into the header or make Django raise while
+# emitting it: refused at run time as well (the others are check errors only).
+RUNTIME_COOKIE_CHECKS = frozenset(
+    {
+        "hardened_sessions.E101",
+        "hardened_sessions.E102",
+        "hardened_sessions.E103",
+        "hardened_sessions.E006",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CookieSettings:
+    name: str
+    path: str
+    domain: str | None
+    samesite: str | bool
+    secure: bool
+    httponly: bool
+
+
+_cookie_cached: CookieSettings | None = None
+
+
+def cookie_settings() -> CookieSettings:
+    """Django's ``SESSION_COOKIE_*`` settings, validated; ``ImproperlyConfigured`` when
+    one of them would inject or break a ``Set-Cookie`` attribute (see
+    :func:`cookie_problems`), whether or not the system checks ran."""
+    global _cookie_cached
+    cached = _cookie_cached
+    if cached is not None:
+        return cached
+    refused = [p for p in cookie_problems() if p.id in RUNTIME_COOKIE_CHECKS]
+    if refused:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(" ".join(f"{p.msg} ({p.id})" for p in refused))
+    cached = CookieSettings(
+        name=settings.SESSION_COOKIE_NAME,
+        path=settings.SESSION_COOKIE_PATH,
+        domain=settings.SESSION_COOKIE_DOMAIN or None,
+        samesite=settings.SESSION_COOKIE_SAMESITE,
+        secure=bool(settings.SESSION_COOKIE_SECURE),
+        httponly=bool(settings.SESSION_COOKIE_HTTPONLY),
+    )
+    with _lock:
+        _cookie_cached = cached
+    return cached
 
 
 def signing_secrets() -> list[str | bytes]:

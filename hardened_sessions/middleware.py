@@ -16,7 +16,16 @@ What it adds to Django's behaviour:
 * with ``IDLE_TIMEOUT``, activity is recorded at most every ``TOUCH_INTERVAL``
   (server side only: a touch sets no cookie);
 * cookie ``max-age`` stops at the absolute deadline; ``SameSite=None`` forces
-  ``Secure``; responses that set or delete the cookie become ``private``.
+  ``Secure``; responses that set or delete the cookie become ``private``;
+* a ``SESSION_COOKIE_NAME``, ``_PATH``, ``_DOMAIN`` or ``_SAMESITE`` that would inject
+  or break a ``Set-Cookie`` attribute is refused with ``ImproperlyConfigured`` when the
+  middleware is built (and before any cookie goes out), even with the system checks
+  (``hardened_sessions.E101``-``E103``, ``E006``) silenced.
+
+Over a session engine that is not hardened (Django's ``signed_cookies``, ``file``,
+``cache``, ``db``, or a project's own engine on ``SessionBase``) the middleware is
+Django's ``SessionMiddleware``, response for response; only the cookie settings are
+still refused as above. The system check ``hardened_sessions.W201`` says so.
 
 The 400 and 503 bodies are plain text unless ``HARDENED_SESSIONS["FAILURE_VIEW"]``
 names a view ``view(request, status, reason)`` that renders them.
@@ -28,7 +37,7 @@ import logging
 import re
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
@@ -38,7 +47,8 @@ from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import http_date
 from django.utils.module_loading import import_string
 
-from .conf import get_config
+from .backends.base import HardenedSessionBase
+from .conf import cookie_settings, get_config
 from .exceptions import (
     HardenedSessionError,
     SessionKeyUnavailable,
@@ -65,17 +75,17 @@ REASON_INTERRUPTED = (
 
 
 def _cookie_kwargs() -> dict[str, Any]:
-    samesite = settings.SESSION_COOKIE_SAMESITE
-    secure = bool(settings.SESSION_COOKIE_SECURE)
-    if isinstance(samesite, str) and samesite.lower() == "none":
+    cookie = cookie_settings()
+    secure = cookie.secure
+    if isinstance(cookie.samesite, str) and cookie.samesite.lower() == "none":
         # Browsers reject SameSite=None without Secure; never send that combination.
         secure = True
     return {
-        "domain": settings.SESSION_COOKIE_DOMAIN,
-        "path": settings.SESSION_COOKIE_PATH,
+        "domain": cookie.domain,
+        "path": cookie.path,
         "secure": secure or None,
-        "httponly": settings.SESSION_COOKIE_HTTPONLY or None,
-        "samesite": samesite,
+        "httponly": cookie.httponly or None,
+        "samesite": cookie.samesite,
     }
 
 
@@ -94,11 +104,26 @@ def _mark_private(response: HttpResponseBase) -> None:
 current_session: ContextVar[Any] = ContextVar("hardened_sessions_current", default=None)
 
 
+def _hardened(session: Any) -> TypeGuard[HardenedSessionBase]:
+    # Asked of the session object, not of SESSION_ENGINE: code that replaces
+    # request.session decides which rules apply to what is saved.
+    return isinstance(session, HardenedSessionBase)
+
+
 class HardenedSessionMiddleware(SessionMiddleware):
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        # Fail at start-up, not on the first response, when a cookie setting would put
+        # another attribute into the header.
+        cookie_settings()
+
     def process_request(self, request: HttpRequest) -> None:
         super().process_request(request)
         session = request.session
-        if get_config().device_metadata and hasattr(session, "device"):
+        if not _hardened(session):
+            current_session.set(None)
+            return
+        if get_config().device_metadata:
             session.device = {
                 "ip": request.META.get("REMOTE_ADDR", ""),
                 "user_agent": request.META.get("HTTP_USER_AGENT", ""),
@@ -149,7 +174,7 @@ class HardenedSessionMiddleware(SessionMiddleware):
     def _delete_cookie(self, response: HttpResponseBase) -> None:
         kwargs = _cookie_kwargs()
         response.delete_cookie(
-            settings.SESSION_COOKIE_NAME,
+            cookie_settings().name,
             path=kwargs["path"],
             domain=kwargs["domain"],
             samesite=kwargs["samesite"],
@@ -161,7 +186,9 @@ class HardenedSessionMiddleware(SessionMiddleware):
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponseBase | None:
-        if isinstance(exception, HardenedSessionError | UpdateError):
+        if isinstance(exception, HardenedSessionError | UpdateError) and _hardened(
+            getattr(request, "session", None)
+        ):
             return self._answer(request, exception)
         return None
 
@@ -172,11 +199,15 @@ class HardenedSessionMiddleware(SessionMiddleware):
         session = getattr(request, "session", None)
         if session is None:
             return response
+        if not _hardened(session):
+            cookie_settings()  # refused settings never reach Django's set_cookie()
+            # django-stubs narrow the response to HttpResponse; Django takes any.
+            return super().process_response(request, response)  # type: ignore[arg-type]
         if getattr(response, "_hardened_session_answer", False):
             return response
-        if getattr(session, "rotation_failed", False):
+        if session.rotation_failed:
             return self._answer(request, SessionRotationFailed("rotation failed")) or response
-        failure = getattr(session, "store_failure", None)
+        failure = session.store_failure
         if failure is not None:
             # Whatever turned the failure into a response (another middleware, a
             # handler), the answer is 503 and the cookie stays as it was.
@@ -192,7 +223,7 @@ class HardenedSessionMiddleware(SessionMiddleware):
         accessed = session.accessed
         modified = session.modified
         empty = session.is_empty()
-        cookie_name = settings.SESSION_COOKIE_NAME
+        cookie_name = cookie_settings().name
         need_vary = accessed
         if cookie_name in request.COOKIES and empty:
             self._delete_cookie(response)
@@ -215,11 +246,7 @@ class HardenedSessionMiddleware(SessionMiddleware):
                 )
                 _mark_private(response)
                 need_vary = True
-        elif (
-            response.status_code < 500
-            and getattr(session, "needs_touch", None)
-            and (session.needs_touch())
-        ):
+        elif response.status_code < 500 and session.needs_touch():
             try:
                 session.touch()
             except UpdateError:

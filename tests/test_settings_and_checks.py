@@ -294,6 +294,15 @@ def test_hardened_engine_with_a_subclass_of_the_hardened_middleware_is_no_w001()
         assert "hardened_sessions.W001" not in ours()
 
 
+def test_a_projects_subclass_of_a_hardened_engine_without_the_middleware_is_w001() -> None:
+    # Told by the engine's class, not by its module path.
+    with override_settings(
+        SESSION_ENGINE="tests.engine_custom_hardened",
+        MIDDLEWARE=_with_middleware(DJANGO_MIDDLEWARE),
+    ):
+        assert "hardened_sessions.W001" in ours()
+
+
 def test_djangos_own_engine_with_djangos_middleware_is_no_w001() -> None:
     with override_settings(
         SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
@@ -324,7 +333,11 @@ def _route_sessions_to(
 
 def _w030(alias: str = SQLITE_ALIAS) -> list[str]:
     with override_settings(DATABASE_ROUTERS=[SessionsAliasRouter(alias)]):
-        return [m.msg for m in run_checks() if m.id == "hardened_sessions.W030"]
+        return [
+            m.msg
+            for m in run_checks(include_deployment_checks=True)
+            if m.id == "hardened_sessions.W030"
+        ]
 
 
 def _without(key: str) -> dict[str, Any]:
@@ -409,6 +422,21 @@ def test_deploy_warnings(changes: dict[str, Any], expected: str) -> None:
     assert [i for i in deploy if i.startswith("hardened_sessions.W0")] == [
         f"hardened_sessions.{expected}"
     ]
+
+
+def test_cookie_deploy_warnings_follow_the_middleware_over_a_stock_engine() -> None:
+    # The middleware sets the cookie whatever the engine, and Django's own W010/W013 stay
+    # silent without its app and middleware; W020 (ABSOLUTE_TIMEOUT) is the engine's.
+    insecure = {"SESSION_COOKIE_SECURE": False, "SESSION_COOKIE_HTTPONLY": False}
+    stock = "django.contrib.sessions.backends.signed_cookies"
+    with override_settings(**insecure, SESSION_ENGINE=stock, HARDENED_SESSIONS=None):
+        found = set(ours(deploy=True))
+    assert {"hardened_sessions.W010", "hardened_sessions.W013"} <= found
+    assert "hardened_sessions.W020" not in found
+    with override_settings(
+        **insecure, SESSION_ENGINE=stock, MIDDLEWARE=_with_middleware(DJANGO_MIDDLEWARE)
+    ):
+        assert ours(deploy=True) == []
 
 
 def test_hardened_deployment_has_no_hardened_sessions_message() -> None:
