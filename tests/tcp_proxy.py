@@ -139,6 +139,24 @@ class TcpProxy:
         with self._lock:
             self._cut = False
 
+    def open_sockets(self) -> frozenset[socket.socket]:
+        """Both ends of every connection open right now (for ``drop()``)."""
+        with self._lock:
+            return frozenset(self._open)
+
+    def drop(self, sockets: frozenset[socket.socket]) -> None:
+        """Drop only the connections among ``sockets`` (from ``open_sockets()``); the
+        others stay up and new ones are accepted: one client's connection breaks."""
+        with self._lock:
+            doomed = [sock for sock in sockets if sock in self._open]
+        for sock in doomed:
+            _shut(sock)
+
+    def redirect(self, upstream: tuple[str, int]) -> None:
+        """Relay connections opened from now on to ``upstream`` (open ones keep theirs)."""
+        with self._lock:
+            self.upstream = upstream
+
     def close(self) -> None:
         self._stopped.set()
         self._drop_open()

@@ -89,3 +89,17 @@ def test_threads_sharing_one_memcached_server_each_get_their_own_sessions(
             assert hammer(make_sessions()) == []
     finally:
         flush_variant("pymemcache", servers)
+
+
+@pytest.mark.parametrize("options", [{}, {"use_pooling": True}], ids=["default", "pooled"])
+def test_threads_sharing_a_memcached_pool_each_get_their_own_sessions(
+    memcached_servers: list[Server], options: dict[str, Any]
+) -> None:
+    # Several servers: one client per server and thread (or one pooled client per server).
+    servers = {"memcached": memcached_servers}
+    flush_variant("pymemcache", servers)
+    try:
+        with sessions_cache(cache_settings("pymemcache", **servers, options=options)):
+            assert hammer(make_sessions()) == []
+    finally:
+        flush_variant("pymemcache", servers)
