@@ -19,6 +19,10 @@ Errors (``manage.py check``):
 * ``hardened_sessions.E103`` — ``SESSION_COOKIE_DOMAIN`` is not a host name.
 * ``hardened_sessions.E104`` — ``SESSION_COOKIE_AGE`` is not a whole number of seconds
   from 1 to ten years.
+* ``hardened_sessions.E105`` — the session cache is memcached with an ``OPTIONS`` entry
+  the store cannot honour (a ``hasher``: sessions are placed by the package's own
+  rendezvous hashing, so that a logout deletes where every client looks), an unknown
+  option, or a negative retry setting.
 * ``hardened_sessions.E200`` — ``HardenedSessionMiddleware`` is installed but
   ``SESSION_ENGINE`` cannot be imported.
 * ``hardened_sessions.E210`` — the session cache is Redis with ``decode_responses`` on
@@ -227,6 +231,19 @@ def _cache_checks() -> list[CheckMessage]:
         return [_missing_library(alias, exc)]
     if kind == "redis":
         return _redis_decode_checks(alias, settings.CACHES[alias])
+    if kind == "memcached":
+        from .stores.memcached import unsupported_options
+
+        options = settings.CACHES[alias].get("OPTIONS") or {}
+        return [
+            Error(
+                problem,
+                hint="Remove the option from the session cache's OPTIONS (see the README's "
+                "memcached section).",
+                id="hardened_sessions.E105",
+            )
+            for problem in unsupported_options(options)
+        ]
     return []
 
 

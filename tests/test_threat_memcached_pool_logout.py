@@ -548,3 +548,17 @@ def test_servers_are_named_and_placed_as_pymemcache_names_them() -> None:
         for n in range(500):
             k = f"hardened_sessions:{n:064x}"
             assert names[store.home(k)] == nodes.get_node(k)
+
+
+# Options pymemcache's HashClient accepts (Django builds one when settings change), but
+# that the store cannot honour.
+@pytest.mark.parametrize("options", [{"hasher": RendezvousHash}, {"dead_timeout": -1}])
+def test_a_memcached_option_the_store_cannot_honour_is_a_check_error(
+    options: dict[str, Any], memcached_servers: list[Server]
+) -> None:
+    from hardened_sessions.checks import check_settings
+
+    config = cache_settings("pymemcache", memcached=memcached_servers, options=options)
+    with sessions_cache(config, SESSION_ENGINE="hardened_sessions.backends.cache"):
+        ids = [message.id for message in check_settings()]
+    assert "hardened_sessions.E105" in ids
