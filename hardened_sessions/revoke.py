@@ -63,7 +63,10 @@ def _indexed_store(store_class: Any) -> Any:
 
 
 def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
-    """Live sessions of user ``pk`` from the index, and the index entries that ended."""
+    """Live sessions of user ``pk`` from the index, and the index entries that ended.
+
+    The store reads the index and the records in pipelined batches (a few round trips,
+    not one per session); its write path keeps the index near the live sessions."""
     from .backends.base import past_deadline
     from .backends.db import moment_of
     from .conf import get_config
@@ -72,10 +75,9 @@ def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
     config = get_config()
     live, ended = [], []
     now = time.time()
-    for key_hash in store.user_members(pk):
-        found = store.get(key_hash)
+    for key_hash, raw in store.user_records(pk):
         try:
-            rec = record.decode(found[0], key_hash, config.max_bytes) if found else None
+            rec = record.decode(raw, key_hash, config.max_bytes) if raw is not None else None
         except record.CorruptRecord:
             rec = None
         if rec is None or past_deadline(rec, now, config) or rec.user_id != pk:
@@ -88,11 +90,34 @@ def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
                 created=moment_of(rec.created),
                 last_activity=moment_of(rec.activity),
                 user_id=pk,
-                size=len(found[0]) if found else 0,
+                size=len(raw) if raw is not None else 0,
                 version=rec.version,
             )
         )
     return live, ended
+
+
+def _revoke_all(store_class: Any, key_hashes: list[str]) -> list[bool]:
+    """Revoke each session through the engine; whether each one was ended by this call.
+
+    On the cache engine a revocation is exactly the byte store's delete, so the deletes
+    go out pipelined (``delete_many``: one write per batch, not a round trip each); an
+    engine that revokes otherwise (cached_db, db, a subclass) is called per session."""
+    from .backends.base import HardenedSessionBase
+    from .backends.cache import SessionStore as CacheStore
+
+    engine = store_class()
+    byte_store: Any = getattr(engine, "_store", None)
+    if (
+        key_hashes
+        and isinstance(engine, CacheStore)
+        and type(engine).revoke is HardenedSessionBase.revoke
+        and type(engine)._remove is CacheStore._remove
+        and hasattr(byte_store, "delete_many")
+    ):
+        deleted: list[bool] = byte_store.delete_many(key_hashes)
+        return deleted
+    return [bool(engine.revoke(key_hash)) for key_hash in key_hashes]
 
 
 def user_sessions(user: Any) -> list[Any]:
@@ -124,14 +149,15 @@ def revoke_sessions(
 ) -> int:
     """End the sessions stored under these key hashes; return how many were ended.
     ``user_ids`` (key hash -> user pk) names the users in the ``session_revoked`` signals."""
-    store = _store_class()()
+    store_class = _store_class()
     users = user_ids or {}
+    targets = list(dict.fromkeys(key_hashes))
     ended = 0
-    for key_hash in key_hashes:
-        if store.revoke(key_hash):
+    for key_hash, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
+        if was_ended:
             ended += 1
             session_revoked.send(
-                sender=type(store),
+                sender=store_class,
                 key_hash_prefix=key_hash[:8],
                 user_id=users.get(key_hash),
                 reason=reason,
@@ -141,8 +167,9 @@ def revoke_sessions(
 
 def revoke_user_sessions(user: Any, *, keep: str | None = None, reason: str = "revoked") -> int:
     """End every session of ``user`` (a user object or its pk) except the one whose
-    session key is ``keep``; return how many were ended. Raises ``NotImplementedError``
-    on the cache engine."""
+    session key is ``keep``; return how many were ended (sessions this call deleted, not
+    ones found gone). Raises ``NotImplementedError`` where the cache engine keeps no
+    per-user index."""
     store_class = _store_class()
     pk = _user_pk(user)
     keep_hash = keys.store_key(keep) if keys.is_well_formed(keep) and keep else None
@@ -150,27 +177,28 @@ def revoke_user_sessions(user: Any, *, keep: str | None = None, reason: str = "r
         from .models import HardenedSession
 
         alias = router.db_for_write(HardenedSession)
-        key_hashes = list(
-            HardenedSession.objects.using(alias).filter(user_id=pk).values_list("pk", flat=True)
-        )
-        index = None
+        now = timezone.now()
+        rows = HardenedSession.objects.using(alias).filter(user_id=pk)
+        # Expired rows not yet swept go too, but were no live session: not counted.
+        expiries = dict(rows.values_list("pk", "expire_date"))
+        key_hashes = list(expiries)
+        live_hashes = {k for k, expiry in expiries.items() if expiry > now}
+        index, ended_meanwhile = None, list[str]()
     else:
         index = _indexed_store(store_class)
         live, ended_meanwhile = _indexed_sessions(index, pk)
-        index.forget_members(pk, ended_meanwhile)
         key_hashes = [session.key_hash for session in live]
-    store = store_class()
+        live_hashes = set(key_hashes)
+    targets = [key_hash for key_hash in key_hashes if key_hash != keep_hash]
     ended = 0
-    for key_hash in key_hashes:
-        if key_hash == keep_hash:
-            continue
-        if store.revoke(key_hash):
+    for key_hash, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
+        if was_ended and key_hash in live_hashes:
             ended += 1
             session_revoked.send(
                 sender=store_class, key_hash_prefix=key_hash[:8], user_id=pk, reason=reason
             )
     if index is not None:
-        index.forget_members(pk, [k for k in key_hashes if k != keep_hash])
+        index.forget_members(pk, [*ended_meanwhile, *targets])
     if ended:
         logger.info("Ended %d session(s) of user %s (%s).", ended, pk, reason)
     return ended

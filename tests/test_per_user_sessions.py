@@ -221,6 +221,24 @@ def test_revoke_user_sessions_by_pk_without_keep_ends_them_all(
     assert hardened_sessions.revoke_user_sessions(alice.pk) == 0
 
 
+def test_revoke_user_sessions_counts_only_sessions_that_were_live(
+    engine: str, db_alias: str, alice: Any, revocations: list[Any]
+) -> None:
+    """The count (and the signals) say how many sessions ended, as ``user_sessions``
+    listed them: an expired row not yet swept goes too, but was not a live session."""
+    live = [_session(alice, n=n) for n in range(2)]
+    expired = _session(alice, n=9)
+    _set_columns(db_alias, expired, expire_date=timezone.now() - timedelta(seconds=1))
+    assert len(hardened_sessions.user_sessions(alice)) == 2
+
+    assert hardened_sessions.revoke_user_sessions(alice) == 2
+
+    assert not _rows(db_alias, alice).exists()  # the expired row is gone as well
+    assert sorted(s["key_hash_prefix"] for s in revocations) == sorted(
+        keys.store_key(k)[:8] for k in live
+    )
+
+
 def test_revoke_user_sessions_keep_of_another_user_protects_nothing(
     db_alias: str, alice: Any, bob: Any
 ) -> None:

@@ -2,9 +2,9 @@
 
 A Redis user allowed exactly those commands (on every key) runs a session through its
 whole life on each Redis backend: create (with the per-user index), load, save, a
-conflicting save, rotation, revocation of the user's other sessions, logout, and a save
-after the server forgot its scripts. A command missing from the README's list fails
-here with NOPERM.
+conflicting save, rotation, revocation of the user's other sessions (one of them indexed
+as earlier builds did), logout, and a save after the server forgot its scripts. A
+command missing from the README's list fails here with NOPERM.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from django.test import override_settings
 
 import hardened_sessions
+from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
 from tests.servers import Server, cache_settings, raw_redis, sessions_cache
 
@@ -27,11 +28,17 @@ COMMANDS = [
     "get",
     "set",
     "del",
+    "exists",
     "getrange",
     "rename",
     "expire",
     "ttl",
-    "sadd",
+    "time",
+    "zadd",
+    "zrange",
+    "zrem",
+    "zremrangebyscore",
+    "zcard",
     "smembers",
     "srem",
     "evalsha",
@@ -94,6 +101,20 @@ def test_a_session_lives_its_whole_life_as_the_readme_acl_user(
 
         first.cycle_key()
         assert SessionStore(first.session_key)["step"] == 2
+
+        # One session indexed as earlier builds did (a plain set): read and moved over.
+        from django.core.cache import caches
+
+        cache = caches["sessions"]
+        legacy = str(cache.make_key(f"hardened_sessions:user:{user.pk}"))
+        index = str(cache.make_key(f"hardened_sessions:by-user:{user.pk}"))
+        member = keys.store_key(sessions[2].session_key)
+        admin = raw_redis(redis_server)
+        try:
+            admin.zrem(index, member)
+            admin.sadd(legacy, member)
+        finally:
+            admin.close()
 
         assert hardened_sessions.revoke_user_sessions(user, keep=first.session_key) == 2
         assert len(hardened_sessions.user_sessions(user)) == 1

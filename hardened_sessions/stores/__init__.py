@@ -15,11 +15,13 @@ serializer, so a pickle planted at a session's key is never unpickled:
     script / memcached ``cas``); ``None`` when it changed or is gone, so a late
     save can never recreate a deleted session;
 ``delete(key) -> bool``
-    whether something was deleted.
+    whether *this call* deleted something (a Redis client that re-sent the delete after
+    a lost reply still answers ``True``: see :mod:`.redis`).
 
 A ``user`` argument to the writes names the session's user; stores with
 ``supports_user_index`` (Redis without Cluster, LocMemCache) also keep the per-user index
-that ``user_members(user)`` / ``forget_members(user, keys)`` read and prune.
+(:class:`UserIndex`): ``user_records(user)`` reads it with the records in a few round
+trips, ``forget_members(user, keys)`` prunes it, ``delete_many(keys)`` deletes in one.
 
 Every verb raises :class:`~hardened_sessions.exceptions.SessionStoreUnavailable`
 when the server cannot answer. ``ttl`` is in seconds, at least 1.
@@ -32,6 +34,7 @@ cannot serve safely (file, database, dummy, ...) raise
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from django.core.cache import caches
@@ -42,6 +45,7 @@ __all__ = [
     "SUPPORTED_BACKENDS",
     "ByteStore",
     "UnsupportedCache",
+    "UserIndex",
     "kind_of",
     "store_for_cache",
 ]
@@ -75,6 +79,23 @@ class ByteStore(Protocol):
     ) -> Any | None: ...
 
     def delete(self, key: str) -> bool: ...
+
+
+class UserIndex(Protocol):
+    """What a store with ``supports_user_index`` offers the per-user helpers."""
+
+    def user_members(self, user: str) -> list[str]: ...
+
+    def user_records(self, user: str) -> Iterable[tuple[str, bytes | None]]:
+        """``(store key, stored bytes or None)`` of each index member (some may have
+        ended: the caller checks each record)."""
+        ...
+
+    def forget_members(self, user: str, keys: Any) -> None: ...
+
+    def delete_many(self, keys: Any) -> list[bool]:
+        """``delete`` of each key, batched; whether each one was deleted by this call."""
+        ...
 
 
 SUPPORTED_BACKENDS = {

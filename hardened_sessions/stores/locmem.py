@@ -81,6 +81,9 @@ class LocMemByteStore:
         with self.cache._lock:
             return bool(self.cache._delete(k))
 
+    def delete_many(self, keys: Any) -> list[bool]:
+        return [self.delete(key) for key in keys]
+
     # -- per-user index: newline-separated store keys under the user's own entry ----------
 
     def _index_key(self, user: str) -> str:
@@ -104,6 +107,10 @@ class LocMemByteStore:
     def user_members(self, user: str) -> list[str]:
         with self.cache._lock:
             return sorted(self._members(user))
+
+    def user_records(self, user: str) -> list[tuple[str, bytes | None]]:
+        with self.cache._lock:
+            return [(key, self._live(self._key(key))) for key in sorted(self._members(user))]
 
     def forget_members(self, user: str, keys: Any) -> None:
         with self.cache._lock:

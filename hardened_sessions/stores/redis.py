@@ -12,10 +12,26 @@ the stored one still starts with the version the request loaded, and never
 creates one (so a late save cannot bring back a deleted session).
 
 Per-user index (not on Redis Cluster): a write that names a user also adds the
-session's store key to that user's set, in the same script, so the index is
-never missing a session (it may hold keys of sessions that ended since; readers
-check each one and prune). On a cluster the set and the sessions live in other
-slots, where no script can update both, so there is no index there.
+session's store key to that user's sorted set, in the same script, scored with the
+moment the record expires (Redis's clock: ``TIME`` + the record's TTL), and trims
+members whose records have expired (``ZREMRANGEBYSCORE``). A login (a create) also
+checks a few members picked at random and drops those whose records are gone (logged
+out, rotated, revoked), so the set stays near the number of live sessions instead of
+growing with every login. The index is never missing a session; readers check each
+member and prune. The previous release kept a plain set under another key; it is
+still read, and its members are moved over, while it exists (it expires on its own).
+On a cluster the index and the sessions live in other slots, where no script can
+update both, so there is no index there.
+
+Retries: redis-py re-sends a command when a timeout or dropped connection hides its
+reply (``retry_on_timeout``, a ``retry`` policy, ``RedisCluster``'s own retries).
+Reads, the staging ``SET`` and the compare-and-set are safe to re-send (a re-sent
+compare-and-set sees the version it wrote, answers "changed", and the engine merges
+onto its own record). ``DEL`` and ``SET NX`` are not: a re-sent ``DEL`` answers 0 and
+a re-sent ``SET NX`` answers "taken". So a delete is a script that also writes a
+short-lived tombstone named with a nonce of the call, and answers "deleted" when it
+finds its own tombstone; a create that finds the key taken checks whether the stored
+record's signature is its own.
 
 The hot commands (load, save, create, delete) skip redis-py's per-command layers and
 its pool checkout, which cost about 15 µs each a command: each thread keeps a
@@ -33,9 +49,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -48,15 +65,57 @@ from . import KEY_NAMESPACE, UnsupportedCache
 
 __all__ = ["RedisByteStore"]
 
-# The index's own TTL follows the longest-lived session in it.
-_INDEX_LUA = """
-if KEYS[2] then
-  redis.call('SADD', KEYS[2], ARGV[4])
-  if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then
-    redis.call('EXPIRE', KEYS[2], ARGV[2])
-  end
-end
+# Index keys (before the cache's KEY_PREFIX/VERSION): the sorted set of this release,
+# and the plain set of the previous one (read, and emptied into the new one, while it
+# exists). A new name, not a new type under the old one: an old-release server still
+# running would get WRONGTYPE on every login.
+INDEX_NAMESPACE = KEY_NAMESPACE + "by-user:"
+LEGACY_INDEX_NAMESPACE = KEY_NAMESPACE + "user:"
+# Members a login checks for records that are gone. Each login adds one member and
+# removes the gone ones among these, so the set settles near live / (1 - 1/SAMPLE).
+INDEX_SAMPLE = 4
+# Commands per write when a reader fetches many records (bounds the reply in memory).
+BATCH = 100
+# Seconds a delete's tombstone lives: longer than any retry of that delete takes.
+TOMBSTONE_TTL = 120
+_SIGNATURE_TAIL = 43  # the record's signature (record._SIG_LEN): unique to one write
+
+_TIME_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+local now = tonumber(redis.call('TIME')[1])
 """
+
+
+def _index_lua(index: str, member: str, ttl: str, *, sample: bool = False) -> str:
+    """Lua that records ``member`` (expiring in ``ttl`` seconds) in the sorted set
+    ``index`` when ``index`` is given, trimming expired members; with ``sample``, also
+    drops gone records among INDEX_SAMPLE members from a random rank (ARGV: record key
+    prefix, suffix, sample size (0 = off), random rank)."""
+    lua = f"""
+if {index} then
+  local index, member, ttl = {index}, {member}, tonumber({ttl})
+  {_TIME_LUA}
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. now)
+  redis.call('ZADD', index, now + ttl + 1, member)
+  if redis.call('TTL', index) <= ttl then redis.call('EXPIRE', index, ttl + 1) end
+"""
+    if sample:
+        lua += """
+  local size, count = redis.call('ZCARD', index), tonumber(ARGV[6])
+  if count > 0 and size > 1 then
+    local start = tonumber(ARGV[7]) % size
+    for _, other in ipairs(redis.call('ZRANGE', index, start, start + count - 1)) do
+      -- pcall: a server that refuses keys a script did not declare (or an ACL key
+      -- pattern) ends the check, never the login.
+      local found = redis.pcall('EXISTS', ARGV[4] .. other .. ARGV[5])
+      if type(found) ~= 'number' then break end
+      if found == 0 and other ~= member then redis.call('ZREM', index, other) end
+    end
+  end
+"""
+    return lua + "end\n"
+
+
 # On redis-py's command path, record bytes go as bytes, not as a view of the engine's
 # buffer: redis-py sends a memoryview argument in a write of its own, one more packet per
 # command. The lean path joins the packed command into one write, so it takes the view.
@@ -72,7 +131,7 @@ if head == '' then return -1 end
 if head ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 """
-    + _INDEX_LUA
+    + _index_lua("KEYS[2]", "ARGV[4]", "ARGV[2]")
     + "return 1\n"
 )
 # The same with the record staged under KEYS[2] (written by the SET sent just before);
@@ -89,18 +148,51 @@ end
 redis.call('RENAME', KEYS[2], KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
-    + _INDEX_LUA.replace("KEYS[2]", "KEYS[3]").replace("ARGV[4]", "ARGV[3]")
+    + _index_lua("KEYS[3]", "ARGV[3]", "ARGV[2]")
     + "return 1\n"
 )
 # Seconds a staging key may outlive a save whose script never ran (connection lost).
 STAGING_TTL = 60
-# Same keys and arguments (ARGV[3] unused). Returns 1 when created, 0 when taken.
+# A create that names a user. KEYS as CAS_SCRIPT; ARGV[1] = record bytes, ARGV[2] = ttl,
+# ARGV[3] = member, ARGV[4]/ARGV[5] = record key prefix/suffix around a member,
+# ARGV[6] = members to check (0: none), ARGV[7] = a random rank.
+# Returns 1 when created, 0 when taken.
 ADD_SCRIPT = (
     """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 """
-    + _INDEX_LUA
+    + _index_lua("KEYS[2]", "ARGV[3]", "ARGV[2]", sample=True)
     + "return 1\n"
+)
+# KEYS[1] = record, KEYS[2] = this call's tombstone; ARGV[1] = tombstone ttl.
+# Returns 1 when this call deleted the record (now or in an earlier run of the same
+# call, which left the tombstone), 0 when it was already gone.
+DELETE_SCRIPT = """
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+  return 1
+end
+return redis.call('EXISTS', KEYS[2])
+"""
+# Moves the previous release's index (a set, KEYS[1]) into the sorted set (KEYS[2]).
+# KEYS[3..] = the records of the members ARGV[1..]: live ones get their TTL as score.
+MIGRATE_SCRIPT = (
+    _TIME_LUA
+    + """
+local longest = 0
+for i = 1, #ARGV do
+  local ttl = redis.call('TTL', KEYS[i + 2])
+  if ttl > 0 then
+    redis.call('ZADD', KEYS[2], now + ttl + 1, ARGV[i])
+    if ttl > longest then longest = ttl end
+  end
+  redis.call('SREM', KEYS[1], ARGV[i])
+end
+if longest > 0 and redis.call('TTL', KEYS[2]) <= longest then
+  redis.call('EXPIRE', KEYS[2], longest + 1)
+end
+return 1
+"""
 )
 
 
@@ -122,6 +214,23 @@ def _unavailable(exc: Exception, what: str) -> SessionStoreUnavailable:
     return SessionStoreUnavailable(f"Redis could not {what} ({exc.__class__.__name__}).")
 
 
+def _sha(source: str) -> str:
+    sha = _SHAS.get(source)
+    if sha is None:
+        sha = _SHAS[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    return sha
+
+
+def _text(member: Any) -> str:
+    return member.decode("ascii") if isinstance(member, bytes) else str(member)
+
+
+def _nonce() -> str:
+    # Unique among the deletes of one key within TOMBSTONE_TTL, not secret: the module's
+    # generator (reseeded in forked children) keeps deletes off the OS random source.
+    return f"{random.getrandbits(64):016x}"  # noqa: S311
+
+
 class RedisByteStore:
     def __init__(
         self,
@@ -139,6 +248,21 @@ class RedisByteStore:
         self._local = threading.local()
         if self._lean:
             _LIVE_STORES.add(self)
+        self._record_key_template = self._template()
+
+    def _template(self) -> tuple[str, str] | None:
+        """``(prefix, suffix)`` with ``_key(k) == prefix + k + suffix`` for every store key,
+        when the cache's key function puts the key in verbatim (Django's default does); a
+        login's script then finds a member's record by name. ``None`` otherwise."""
+        probes = ["a" * 64, "b" * 64, "0123456789abcdef" * 4]
+        first = self._key(probes[0])
+        at = first.rfind(probes[0])
+        if at < 0:
+            return None
+        prefix, suffix = first[:at], first[at + 64 :]
+        if any(self._key(probe) != prefix + probe + suffix for probe in probes):
+            return None
+        return prefix, suffix
 
     @classmethod
     def from_cache(cls, cache: Any) -> RedisByteStore:
@@ -178,7 +302,26 @@ class RedisByteStore:
         return str(self._make_key(KEY_NAMESPACE + key))
 
     def _index_key(self, user: str) -> str:
-        return str(self._make_key(KEY_NAMESPACE + "user:" + user))
+        return str(self._make_key(INDEX_NAMESPACE + user))
+
+    def _legacy_index_key(self, user: str) -> str:
+        return str(self._make_key(LEGACY_INDEX_NAMESPACE + user))
+
+    def _tombstone(self, record_key: str) -> str | None:
+        """A name for this delete's tombstone, in the record's cluster slot; ``None``
+        when no such name can be made (a ``KEY_PREFIX`` whose braces make an empty hash
+        tag, ``{}``)."""
+        name = f"{record_key}:gone:{_nonce()}"
+        if self._lean:
+            return name  # one server: any name will do
+        keyslot = getattr(self._client(), "keyslot", None)
+        if keyslot is None:
+            return name
+        slot = keyslot(record_key)
+        for candidate in (name, "{" + record_key + "}" + name[len(record_key) :]):
+            if keyslot(candidate) == slot:
+                return candidate
+        return None
 
     def _run_script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
         client = self._client()
@@ -222,8 +365,9 @@ class RedisByteStore:
     def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Replies to ``commands``, sent in one write over this thread's connection.
 
-        The connection's retry policy applies as in redis-py's own command path; any
-        other failure drops the connection, so no reply is ever left for the next command.
+        The connection's retry policy applies as in redis-py's own command path (every
+        command sent here is safe to re-send: see the module docstring); any other
+        failure drops the connection, so no reply is ever left for the next command.
         """
         conn = self._connection()
         try:
@@ -242,17 +386,28 @@ class RedisByteStore:
             conn.disconnect()
             raise
 
-    def _evalsha(self, source: str, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """``_execute`` of commands ending in EVALSHA of a script (loaded on NOSCRIPT)."""
-        sha = _SHAS.get(source)
-        if sha is None:
-            sha = _SHAS[source] = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-        commands[-1] = ("EVALSHA", sha, *commands[-1])
+    def _evalsha(self, source: str, commands: list[tuple[Any, ...]], scripts: int = 1) -> list[Any]:
+        """``_execute`` of commands whose last ``scripts`` ones run the script ``source``
+        (given as ``(numkeys, *keys, *args)``); the script is loaded on NOSCRIPT and all
+        the commands sent again, which each of them is safe to be."""
+        sha = _sha(source)
+        commands = list(commands)
+        for i in range(len(commands) - scripts, len(commands)):
+            commands[i] = ("EVALSHA", sha, *commands[i])
         try:
             return self._execute(commands)
         except NoScriptError:
             self._client().script_load(source)
             return self._execute(commands)
+
+    def _batch(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Replies to ``commands`` (reads), pipelined."""
+        if self._lean:
+            return self._execute(commands)
+        pipe = self._client().pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute())
 
     def get(self, key: str) -> tuple[bytes, Any] | None:
         try:
@@ -270,19 +425,39 @@ class RedisByteStore:
         self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
     ) -> Any | None:
         keys = self._keys(key, user)
+        signature = bytes(value[-_SIGNATURE_TAIL:])
         try:
             if len(keys) == 1:
                 if self._lean:
                     (created,) = self._execute((("SET", keys[0], value, "EX", ttl, "NX"),))
                 else:
                     created = self._client().set(keys[0], bytes(value), ex=ttl, nx=True)
-            elif self._lean:
-                (created,) = self._evalsha(ADD_SCRIPT, [(len(keys), *keys, value, ttl, b"", key)])
             else:
-                created = self._run_script("add", ADD_SCRIPT, keys, [bytes(value), ttl, b"", key])
+                template = self._record_key_template
+                prefix, suffix = template or ("", "")
+                sample = INDEX_SAMPLE if template else 0
+                rank = random.getrandbits(31)  # noqa: S311 (spreads the check, no secret)
+                args = [ttl, key, prefix, suffix, sample, rank]
+                if self._lean:
+                    (created,) = self._evalsha(ADD_SCRIPT, [(len(keys), *keys, value, *args)])
+                else:
+                    created = self._run_script("add", ADD_SCRIPT, keys, [bytes(value), *args])
+            if not created:
+                # Taken, or created by this very call and re-sent after a lost reply: the
+                # record's signature (over this key and payload) tells which.
+                created = self._holds(keys[0], signature)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, "create a session") from exc
         return version if created else None
+
+    def _holds(self, record_key: str, signature: bytes) -> bool:
+        """Whether the record stored under ``record_key`` ends with ``signature``."""
+        command = ("GETRANGE", record_key, -len(signature), -1)
+        if self._lean:
+            (tail,) = self._execute((command,))
+        else:
+            tail = self._client().execute_command(*command)
+        return bytes(tail or b"") == signature
 
     def cas(
         self,
@@ -325,29 +500,84 @@ class RedisByteStore:
         return bool(outcome == 1)
 
     def delete(self, key: str) -> bool:
+        """Whether this call deleted the record, also when redis-py re-sent it after a
+        lost reply (the tombstone written with the delete tells; module docstring)."""
+        return self.delete_many([key])[0]
+
+    def delete_many(self, keys: Iterable[str]) -> list[bool]:
+        """``delete`` of each key, pipelined (one write per BATCH keys); whether each
+        was deleted by this call."""
+        record_keys = [self._key(key) for key in keys]
+        deleted: list[bool] = []
         try:
-            if self._lean:
-                (deleted,) = self._execute((("DEL", self._key(key)),))
-                return bool(deleted)
-            return bool(self._client().delete(self._key(key)))
+            for start in range(0, len(record_keys), BATCH):
+                chunk = record_keys[start : start + BATCH]
+                if self._lean:
+                    commands = [(2, k, self._tombstone(k), TOMBSTONE_TTL) for k in chunk]
+                    replies = self._evalsha(DELETE_SCRIPT, commands, scripts=len(commands))
+                else:
+                    replies = [self._delete_one(k) for k in chunk]
+                deleted.extend(bool(reply) for reply in replies)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, "delete a session") from exc
+        return deleted
+
+    def _delete_one(self, record_key: str) -> int:
+        tombstone = self._tombstone(record_key)
+        if tombstone is None:
+            # No same-slot name for a tombstone: a plain DEL (README, Redis Cluster).
+            return int(self._client().delete(record_key))
+        keys = [record_key, tombstone]
+        return int(self._run_script("delete", DELETE_SCRIPT, keys, [TOMBSTONE_TTL]))
 
     # -- per-user index -------------------------------------------------------------
 
     def user_members(self, user: str) -> list[str]:
         """Store keys of the user's sessions (possibly some that ended since)."""
+        return self._members(user)
+
+    def _members(self, user: str) -> list[str]:
+        """Members of both generations of the user's index; the earlier build's are moved
+        into the sorted set first (the live ones, scored with their records' TTL)."""
+        index, legacy = self._index_key(user), self._legacy_index_key(user)
         try:
-            members = self._client().smembers(self._index_key(user))
+            current, old = self._batch([("ZRANGE", index, 0, -1), ("SMEMBERS", legacy)])
+            old_members = sorted({_text(m) for m in old})
+            for start in range(0, len(old_members), BATCH):
+                chunk = old_members[start : start + BATCH]
+                record_keys = [self._key(k) for k in chunk]
+                self._script(MIGRATE_SCRIPT, "migrate", [legacy, index, *record_keys], chunk)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, "list a user's sessions") from exc
-        return sorted(m.decode("ascii") if isinstance(m, bytes) else str(m) for m in members)
+        return sorted({_text(m) for m in current} | set(old_members))
+
+    def user_records(self, user: str) -> Iterator[tuple[str, bytes | None]]:
+        """``(store key, stored bytes or None)`` for each member of the user's index
+        (possibly ones that ended since), in pipelined reads: a round trip for the index
+        and one per BATCH members, fetched as the caller iterates (so memory holds a
+        batch of records, not all of them)."""
+        members = self._members(user)
+        for start in range(0, len(members), BATCH):
+            chunk = members[start : start + BATCH]
+            try:
+                values = self._batch([("GET", self._key(k)) for k in chunk])
+            except (RedisError, OSError) as exc:
+                raise _unavailable(exc, "list a user's sessions") from exc
+            for key, value in zip(chunk, values, strict=True):
+                yield key, None if value is None else bytes(value)
+
+    def _script(self, source: str, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self._lean:
+            return self._evalsha(source, [(len(keys), *keys, *args)])[0]
+        return self._run_script(name, source, keys, args)
 
     def forget_members(self, user: str, keys: Iterable[str]) -> None:
+        """Drop ``keys`` from the user's index (both generations of it)."""
         keys = list(keys)
-        if not keys:
-            return
+        index, legacy = self._index_key(user), self._legacy_index_key(user)
         try:
-            self._client().srem(self._index_key(user), *keys)
+            for start in range(0, len(keys), BATCH):
+                chunk = keys[start : start + BATCH]
+                self._batch([("ZREM", index, *chunk), ("SREM", legacy, *chunk)])
         except (RedisError, OSError) as exc:
             raise _unavailable(exc, "update a user's session index") from exc
