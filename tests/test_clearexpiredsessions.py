@@ -3,8 +3,11 @@
 DESIGN, "Operations": batched deletes, ``--batch-size``, ``--dry-run``, ``--database``,
 one runner at a time (an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL/MariaDB);
 on the cache engine the command says the cache expires entries itself and exits
-normally; ``SessionStore.clear_expired()`` works, so Django's own ``clearsessions``
-works wherever ``django.contrib.sessions`` is installed.
+normally; ``SessionStore.clear_expired()`` runs the same sweep, which checks the
+deadline again in its ``DELETE`` (a session renewed between the sweep's ``SELECT`` and
+its ``DELETE`` stays); ``manage.py clearsessions`` exists without
+``django.contrib.sessions``, and with it installed, whichever app comes first in
+``INSTALLED_APPS`` provides the command, both running this sweep.
 
 Sessions are real records written by the db engine; "expired" is set on the
 ``expire_date`` column, which is what a sweep reads. Every test runs on every alias.
@@ -278,6 +281,22 @@ def test_a_second_runner_is_refused_while_the_lock_is_held(server_alias: str) ->
     assert _lock_free(db_alias), "the command kept the lock after it finished"
 
 
+def test_clear_expired_leaves_the_sweep_to_the_runner_holding_the_lock(
+    server_alias: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Django's clearsessions (a cron job) while clearexpiredsessions runs: no second
+    sweep, no error; the running one does the work."""
+    expired = _sessions(2, expired=True, alias=server_alias)
+
+    with _lock_held_elsewhere(server_alias), caplog.at_level("INFO", "hardened_sessions"):
+        SessionStore.clear_expired()
+        assert _stored(server_alias) == expired
+
+    assert "Another sweep" in caplog.text
+    SessionStore.clear_expired()
+    assert _stored(server_alias) == set()
+
+
 def test_a_second_runner_is_refused_while_a_first_one_runs(server_alias: str) -> None:
     """The same, with a real first runner (the command's own lock, taken on another
     thread's connection) instead of a hand-made one."""
@@ -368,6 +387,99 @@ def test_djangos_clearsessions_command(db_alias: str) -> None:
     _sessions(3, expired=True, alias=db_alias)
 
     with override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "django.contrib.sessions"]):
+        call_command("clearsessions", stdout=StringIO(), stderr=StringIO())
+
+    assert _stored(db_alias) == live
+
+
+# --- a session renewed while the sweep runs ------------------------------------------
+
+
+@contextmanager
+def _renewed_before_the_delete(alias: str, store_key: str) -> Iterator[list[str]]:
+    """Just before the sweep's first DELETE on the sessions table runs, another
+    connection renews ``store_key`` (its deadline moves an hour ahead) and commits: a
+    request that saved the session between the sweep's SELECT and its DELETE."""
+    renewed: list[str] = []
+    other = connections.create_connection(alias)
+    future = timezone.now() + timedelta(hours=1)
+
+    def renew_first(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not renewed and sql.lstrip().upper().startswith("DELETE") and TABLE in sql:
+            with other.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {other.ops.quote_name(TABLE)} SET expire_date = %s "
+                    "WHERE key_hash = %s",
+                    [other.ops.adapt_datetimefield_value(future), store_key],
+                )
+                assert cursor.rowcount == 1
+            renewed.append(sql)
+        return execute(sql, params, many, context)
+
+    try:
+        with connections[alias].execute_wrapper(renew_first):
+            yield renewed
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("door", ["clear_expired", "clearexpiredsessions", "clearsessions"])
+def test_a_session_renewed_during_the_sweep_is_not_deleted(db_alias: str, door: str) -> None:
+    live = _sessions(2, expired=False, alias=db_alias)
+    expired = _sessions(5, expired=True, alias=db_alias)
+    renewing = sorted(expired)[0]
+
+    with _renewed_before_the_delete(db_alias, renewing) as renewed:
+        if door == "clear_expired":
+            SessionStore.clear_expired()
+        else:
+            call_command(door, stdout=StringIO(), stderr=StringIO())
+
+    assert renewed, "the sweep never deleted anything"
+    assert _stored(db_alias) == live | {renewing}
+
+
+# --- manage.py clearsessions, whichever app provides it ------------------------------
+
+
+def _clearsessions_app() -> str:
+    from django.core.management import get_commands
+
+    return get_commands()["clearsessions"]
+
+
+def test_clearsessions_without_django_contrib_sessions(db_alias: str) -> None:
+    assert "django.contrib.sessions" not in settings.INSTALLED_APPS
+    live = _sessions(2, expired=False, alias=db_alias)
+    _sessions(3, expired=True, alias=db_alias)
+    out, err = StringIO(), StringIO()
+
+    assert _clearsessions_app() == "hardened_sessions"
+    call_command("clearsessions", stdout=out, stderr=err)
+
+    assert _stored(db_alias) == live
+    # Quiet, like Django's: a cron job mails whatever a command prints.
+    assert (out.getvalue(), err.getvalue()) == ("", "")
+
+
+@pytest.mark.parametrize("first", ["django.contrib.sessions", "hardened_sessions"])
+def test_clearsessions_with_django_contrib_sessions_in_either_order(
+    db_alias: str, first: str
+) -> None:
+    """Django runs the command of the app listed FIRST in INSTALLED_APPS. Whichever that
+    is, the sweep is this package's: Django's command calls the engine's
+    ``SessionStore.clear_expired()``."""
+    apps = [a for a in settings.INSTALLED_APPS if a != "hardened_sessions"]
+    ordered = (
+        [*apps, "django.contrib.sessions", "hardened_sessions"]
+        if first == "django.contrib.sessions"
+        else [*apps, "hardened_sessions", "django.contrib.sessions"]
+    )
+    live = _sessions(2, expired=False, alias=db_alias)
+    _sessions(3, expired=True, alias=db_alias)
+
+    with override_settings(INSTALLED_APPS=ordered):
+        assert _clearsessions_app() == first
         call_command("clearsessions", stdout=StringIO(), stderr=StringIO())
 
     assert _stored(db_alias) == live

@@ -10,6 +10,10 @@ queue; a locked database is retried within a bound, then ``SessionStoreUnavailab
 (503), never "no session" and never a lost or deleted record.
 
 * several processes and several threads writing one session: no error, no lost write;
+* the same on Django's default options (no ``OPTIONS``, as ``startproject`` writes):
+  16 threads of one process, and a few processes; a caller's open transaction
+  (``ATOMIC_REQUESTS``) never queues behind the engine's in-process write queue;
+  ``hardened_sessions.W030`` belongs to ``check --deploy`` only;
 * a database held by another connection's ``BEGIN EXCLUSIVE``, with the engine's busy
   timeout lowered to 0.1 s: bounded retries, then ``SessionStoreUnavailable``; once the
   lock is released the same operation succeeds.
@@ -32,7 +36,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.test import override_settings
 
 from hardened_sessions import keys, record
@@ -68,22 +72,35 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _worker_config(database: Path, **extra: Any) -> str:
+def _worker_config(database: Path, options: dict[str, Any], **extra: Any) -> str:
     return json.dumps(
         {
             "database": str(database),
-            "options": SQLITE_OPTIONS,
+            "options": options,
             "secret_key": settings.SECRET_KEY,
             **extra,
         }
     )
 
 
-def test_processes_writing_one_session_on_one_sqlite_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "processes", "writes", "own_every"),
+    [
+        (SQLITE_OPTIONS, N_PROCESSES, PROCESS_WRITES, OWN_EVERY),
+        # Django's defaults (no OPTIONS: rollback journal, deferred transactions, a 5 s
+        # busy timeout): fewer writes, but across processes too the merge after a
+        # conflict waits for the write lock instead of failing on a lock upgrade.
+        ({}, 4, 100, 50),
+    ],
+    ids=["recommended-options", "django-defaults"],
+)
+def test_processes_writing_one_session_on_one_sqlite_file(
+    tmp_path: Path, options: dict[str, Any], processes: int, writes: int, own_every: int
+) -> None:
     database = tmp_path / "sessions.sqlite3"
     env = _worker_env()
     setup = subprocess.run(
-        [sys.executable, str(WORKER), _worker_config(database, mode="setup")],
+        [sys.executable, str(WORKER), _worker_config(database, options, mode="setup")],
         env=env,
         capture_output=True,
         text=True,
@@ -94,14 +111,15 @@ def test_processes_writing_one_session_on_one_sqlite_file(tmp_path: Path) -> Non
     key = json.loads(setup.stdout.splitlines()[-1])["key"]
 
     workers = []
-    for i in range(N_PROCESSES):
+    for i in range(processes):
         config = _worker_config(
             database,
+            options,
             mode="hammer",
             index=i,
-            iterations=PROCESS_WRITES,
+            iterations=writes,
             key=key,
-            own_every=OWN_EVERY,
+            own_every=own_every,
         )
         stderr = (tmp_path / f"worker{i}.stderr").open("w")
         workers.append(
@@ -141,9 +159,9 @@ def test_processes_writing_one_session_on_one_sqlite_file(tmp_path: Path) -> Non
                 process.wait()
             stderr.close()
 
-    print(f"{N_PROCESSES} processes x {PROCESS_WRITES} writes: {elapsed:.1f} s")
+    print(f"{processes} processes x {writes} writes: {elapsed:.1f} s")
     assert [(r["index"], r["errors"], r["first_errors"]) for r in reports] == [
-        (i, 0, []) for i in range(N_PROCESSES)
+        (i, 0, []) for i in range(processes)
     ]
 
     store_key = keys.store_key(key)
@@ -157,11 +175,11 @@ def test_processes_writing_one_session_on_one_sqlite_file(tmp_path: Path) -> Non
     rec = decode_row(raw, store_key)
     assert rec.data == {
         "owner": "shared",
-        **{f"p{i}": PROCESS_WRITES - 1 for i in range(N_PROCESSES)},
+        **{f"p{i}": writes - 1 for i in range(processes)},
     }
-    assert version == rec.version == 1 + N_PROCESSES * PROCESS_WRITES
+    assert version == rec.version == 1 + processes * writes
     own = {keys.store_key(k) for r in reports for k in r["own"]}
-    assert len(own) == N_PROCESSES * (PROCESS_WRITES // OWN_EVERY)
+    assert len(own) == processes * (writes // own_every)
     assert rows == own | {store_key}
 
 
@@ -487,3 +505,191 @@ def test_locked_database_at_the_merge_of_a_conflicting_save_fails_closed(
     retry.save()
     data = decode_row(db.rows()[store_key][0], store_key).data
     assert data == {"user": "alice", "otp_verified": True, "theme": "dark", "cart": ["apple"]}
+
+
+# --------------------------------------------------------------------------- (d) Django's defaults
+
+DEFAULTS_ALIAS = "hs_threat_default_sqlite"
+DEFAULT_THREADS = 16
+DEFAULT_WRITES = 50
+
+
+@pytest.fixture
+def default_options_sqlite(tmp_path: Path, django_db_blocker: Any) -> Iterator[str]:
+    """A session database as ``startproject`` writes it: an SQLite file, no ``OPTIONS``
+    (rollback journal, deferred transactions, Python's 5 s busy timeout)."""
+    path = tmp_path / "db.sqlite3"
+    configured = connections.configure_settings(
+        {
+            DEFAULT_DB_ALIAS: {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+            DEFAULTS_ALIAS: {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)},
+        }
+    )
+    assert configured[DEFAULTS_ALIAS]["OPTIONS"] == {}
+    connections.settings[DEFAULTS_ALIAS] = configured[DEFAULTS_ALIAS]
+    try:
+        with (
+            django_db_blocker.unblock(),
+            override_settings(DATABASE_ROUTERS=[SessionsAliasRouter(DEFAULTS_ALIAS)]),
+        ):
+            connection = connections[DEFAULTS_ALIAS]
+            with connection.schema_editor() as editor:
+                editor.create_model(HardenedSession)
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                assert cursor.fetchone()[0].lower() == "delete"
+            yield DEFAULTS_ALIAS
+    finally:
+        connections[DEFAULTS_ALIAS].close()
+        del connections[DEFAULTS_ALIAS]
+        del connections.settings[DEFAULTS_ALIAS]
+
+
+def test_threads_saving_on_djangos_default_sqlite_options(default_options_sqlite: str) -> None:
+    """16 threads, each saving a session of its own and one shared session 50 times, on
+    a plain ``startproject`` database: no "database is locked", no 503, no lost write."""
+    first = SessionStore()
+    first["owner"] = "shared"
+    first.save()
+    shared = first.session_key
+    assert shared is not None
+
+    errors: list[str] = []
+    own_keys: list[str] = []
+    go = threading.Barrier(DEFAULT_THREADS, timeout=THREAD_TIMEOUT)
+
+    def writer(i: int) -> None:
+        mine = f"t{i}"
+        try:
+            own = SessionStore()
+            own["owner"] = mine
+            own.save()
+            assert own.session_key is not None
+            own_keys.append(own.session_key)
+            go.wait()
+            for n in range(DEFAULT_WRITES):
+                try:
+                    session = SessionStore(shared)
+                    if session.get(mine) != (n - 1 if n else None):
+                        errors.append(f"{mine} cycle {n}: lost its own previous write")
+                    session[mine] = n
+                    session.save()
+                    own = SessionStore(own.session_key)
+                    own["n"] = n
+                    own.save()
+                except Exception as exc:  # every failure counts
+                    errors.append(f"{mine} cycle {n}: {exc.__class__.__name__}: {exc}")
+        except Exception as exc:
+            errors.append(f"{mine} setup: {exc.__class__.__name__}: {exc}")
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=writer, args=(i,), daemon=True) for i in range(DEFAULT_THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(THREAD_TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+
+    assert errors[:5] == []
+    assert len(errors) == 0
+    rows = {
+        row.pk: decode_row(bytes(row.data), row.pk).data
+        for row in HardenedSession.objects.using(default_options_sqlite)
+    }
+    assert rows[keys.store_key(shared)] == {
+        "owner": "shared",
+        **{f"t{i}": DEFAULT_WRITES - 1 for i in range(DEFAULT_THREADS)},
+    }
+    assert len(rows) == 1 + DEFAULT_THREADS
+    assert sorted(d["owner"] for k, d in rows.items() if k != keys.store_key(shared)) == sorted(
+        f"t{i}" for i in range(DEFAULT_THREADS)
+    )
+    assert all(
+        d.get("n") == DEFAULT_WRITES - 1 for k, d in rows.items() if k != keys.store_key(shared)
+    )
+
+
+def _w030_ids(*, deploy: bool) -> list[str]:
+    from django.core.checks import run_checks
+
+    return [
+        m.id
+        for m in run_checks(include_deployment_checks=deploy)
+        if m.id == "hardened_sessions.W030"
+    ]
+
+
+def test_w030_is_a_deployment_check_only(default_options_sqlite: str) -> None:
+    """One process on Django's defaults works, so a plain ``check`` (run before every
+    management command) stays quiet; ``check --deploy`` names what several processes
+    need."""
+    assert _w030_ids(deploy=False) == []
+    assert _w030_ids(deploy=True) == ["hardened_sessions.W030"]
+
+
+def test_a_callers_open_transaction_never_waits_for_the_engines_queue(
+    default_options_sqlite: str,
+) -> None:
+    """The in-process queue is not taken inside a caller's transaction.
+
+    Thread A saves in an ``atomic()`` block (``ATOMIC_REQUESTS``): its transaction holds
+    SQLite's write lock. Thread B saves outside any transaction: it takes the queue and
+    waits for SQLite's lock. A then saves again before committing; had it queued behind
+    B, the two would wait on each other until B's busy timeout (5 s here)."""
+    alias = default_options_sqlite
+    keys_: dict[str, str | None] = {}
+    for name in ("a", "b"):
+        session = SessionStore()
+        session["n"] = 0
+        session.save()
+        keys_[name] = session.session_key
+    a_holds = threading.Event()
+    errors: list[str] = []
+    took: dict[str, float] = {}
+
+    def thread_a() -> None:
+        try:
+            with transaction.atomic(using=alias):
+                first = SessionStore(keys_["a"])
+                first["n"] = 1
+                first.save()
+                a_holds.set()
+                time.sleep(0.3)  # B is now queued and waiting for SQLite's lock
+                started = time.perf_counter()
+                second = SessionStore(keys_["b"])
+                second.load()
+                first["n"] = 2
+                first.save()
+                took["a"] = time.perf_counter() - started
+        except Exception as exc:
+            errors.append(f"A: {exc.__class__.__name__}: {exc}")
+        finally:
+            connections.close_all()
+
+    def thread_b() -> None:
+        try:
+            assert a_holds.wait(10)
+            started = time.perf_counter()
+            session = SessionStore(keys_["b"])
+            session["n"] = 1
+            session.save()
+            took["b"] = time.perf_counter() - started
+        except Exception as exc:
+            errors.append(f"B: {exc.__class__.__name__}: {exc}")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (thread_a, thread_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert took["a"] < 2.0, took
+    assert took["b"] < 3.0, took
+    assert SessionStore(keys_["a"]).load() == {"n": 2}
+    assert SessionStore(keys_["b"]).load() == {"n": 1}

@@ -3,22 +3,38 @@
 Rows live in :class:`hardened_sessions.models.HardenedSession`, on the database
 the routers choose (``db_for_read`` for loads, ``db_for_write`` for the rest).
 
-* create: one ``INSERT``; a primary-key collision retries with a fresh key;
+* load and ``exists()``: one ``SELECT``, in a caller's transaction too (no savepoint);
+* create: one ``INSERT`` (``ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite, so a
+  key collision leaves a caller's transaction usable); a collision retries with a
+  fresh key;
 * save: one ``UPDATE … WHERE key_hash = %s AND version = %s``; on a conflict the
   base class re-reads the row in a transaction (``SELECT … FOR UPDATE`` where the
-  database has it; SQLite serialises through ``transaction_mode="IMMEDIATE"``)
-  and writes the merge;
-* errors of the database (unreachable, locked past its timeout) become
-  ``SessionStoreUnavailable``; a locked SQLite file is retried a few times first.
+  database has it) and writes the merge;
+* delete: one ``DELETE``;
+* errors of the database (unreachable, locked past its timeout, a write refused by a
+  trigger or a foreign key) become ``SessionStoreUnavailable``; a locked database is
+  retried a few times first; a missing table is logged as an ERROR that says to run
+  ``manage.py migrate``.
+
+SQLite on Django's default options (no ``OPTIONS``: rollback journal, deferred
+transactions) works in one process: the engine's own writes to one SQLite database
+are serialised in-process (only outside a caller's transaction, which may hold
+SQLite's write lock already), and the read-merge-write starts with a write, so that
+its transaction takes the write lock up front (SQLite answers "database is locked" at
+once, without waiting, to a transaction that upgrades a read lock while another
+connection writes). Several processes need the ``OPTIONS`` the README recommends.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -30,13 +46,14 @@ from django.db import (
     router,
     transaction,
 )
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
 from ..signals import session_revoked
 from .base import HardenedSessionBase, Token, hash_prefix
 
-__all__ = ["SessionStore"]
+__all__ = ["LOCK_ID", "SessionStore", "mysql_lock_name", "single_runner"]
 
 logger = logging.getLogger("hardened_sessions")
 T = TypeVar("T")
@@ -48,10 +65,93 @@ _LOCK_RETRY_PAUSES = (0.05, 0.1, 0.2)
 # (vendor, table, statement, columns) -> the SQL of the hot path (SessionStore._sql).
 _STATEMENTS: dict[tuple[str, str, str, tuple[str, ...]], str] = {}
 
+# Vendors whose INSERT can skip a primary-key collision without an error
+# (``ON CONFLICT (key_hash) DO NOTHING``): PostgreSQL, and SQLite from 3.24 (Django
+# 5.2 needs 3.31).
+_INSERT_OR_NOTHING = frozenset({"postgresql", "sqlite"})
+# MySQL/MariaDB: ER_DUP_ENTRY. A duplicate key fails only its statement there, never
+# the transaction around it.
+_MYSQL_DUPLICATE_KEY = 1062
+
+# Python's sqlite3 waits this long for a lock when OPTIONS has no "timeout".
+_SQLITE_DEFAULT_TIMEOUT = 5.0
+
+# SQLite database (its file, resolved) -> the lock that serialises the engine's writes
+# to it in this process.
+_sqlite_write_locks: dict[str, threading.RLock] = {}
+_sqlite_write_locks_guard = threading.Lock()
+
 
 def _is_transient(exc: DatabaseError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text or "deadlock" in text
+
+
+def _is_missing_schema(exc: DatabaseError) -> bool:
+    """The table or one of its columns is not there: migrations were not applied."""
+    cause = exc.__cause__
+    # PostgreSQL: undefined_table, undefined_column (psycopg 3: sqlstate; 2: pgcode).
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if code in ("42P01", "42703"):
+        return True
+    # MySQL/MariaDB: ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR.
+    if exc.args and exc.args[0] in (1146, 1054):
+        return True
+    text = str(exc).lower()
+    return "no such table" in text or "no such column" in text  # SQLite
+
+
+def _sqlite_write_lock(connection: BaseDatabaseWrapper) -> threading.RLock | None:
+    """The in-process lock of the SQLite database behind ``connection`` (None elsewhere)."""
+    if connection.vendor != "sqlite":
+        return None
+    name = str(connection.settings_dict["NAME"])
+    lock = _sqlite_write_locks.get(name)
+    if lock is None:
+        # Two aliases (or a relative and an absolute NAME) of one file share one lock.
+        in_memory = name == ":memory:" or "mode=memory" in name  # as Django tells them
+        real = name if in_memory else os.path.realpath(name)
+        with _sqlite_write_locks_guard:
+            lock = _sqlite_write_locks.setdefault(real, threading.RLock())
+            _sqlite_write_locks.setdefault(name, lock)
+    return lock
+
+
+def _upgrades_read_lock(connection: BaseDatabaseWrapper) -> bool:
+    """An SQLite transaction on this connection starts without the write lock."""
+    if connection.vendor != "sqlite":
+        return False
+    mode = connection.settings_dict.get("OPTIONS", {}).get("transaction_mode")
+    return str(mode or "").upper() not in ("IMMEDIATE", "EXCLUSIVE")
+
+
+@contextmanager
+def _serialised_write(connection: BaseDatabaseWrapper, what: str) -> Iterator[None]:
+    """Hold the in-process write lock of an SQLite database for one write.
+
+    Not inside a caller's transaction: that transaction may hold SQLite's write lock
+    already, while the thread holding this lock waits for it (a deadlock until the
+    busy timeout). Bounded by the connection's busy timeout, as SQLite's own wait is."""
+    lock = None if connection.in_atomic_block else _sqlite_write_lock(connection)
+    if lock is None:
+        yield
+        return
+    options = connection.settings_dict.get("OPTIONS", {})
+    timeout = float(options.get("timeout", _SQLITE_DEFAULT_TIMEOUT))
+    if not lock.acquire(timeout=max(timeout, 0.0)):
+        logger.warning(
+            "Session store %r: other threads kept writing for %.1f s; could not %s.",
+            connection.alias,
+            timeout,
+            what,
+        )
+        raise SessionStoreUnavailable(
+            f"The session database {connection.alias!r} could not {what} (locked)."
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def ip_or_none(value: str | None) -> str | None:
@@ -75,6 +175,46 @@ def moment_of(ts: int) -> datetime:
     return datetime.fromtimestamp(ts)
 
 
+# --- one sweep runner at a time ---------------------------------------------------------
+
+LOCK_NAME = "hardened_sessions.clearexpiredsessions"
+# A stable 63-bit number for pg_try_advisory_lock, derived from the name.
+LOCK_ID = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big") >> 1
+
+
+def mysql_lock_name(database: str) -> str:
+    """GET_LOCK names are server-wide (PostgreSQL's advisory locks are per database), so
+    the name says which database it guards; hashed to stay within MySQL's 64 characters."""
+    return f"{LOCK_NAME}:{hashlib.sha256(database.encode()).hexdigest()[:24]}"
+
+
+@contextmanager
+def single_runner(alias: str) -> Iterator[bool]:
+    """Hold the database's advisory lock for the block; yield whether it was obtained
+    (True where the database has no such lock)."""
+    connection = connections[alias]
+    vendor = connection.vendor
+    if vendor not in ("postgresql", "mysql"):
+        yield True
+        return
+    name = mysql_lock_name(connection.settings_dict["NAME"])
+    with connection.cursor() as cursor:
+        if vendor == "postgresql":
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_ID])
+        else:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+        obtained = bool(cursor.fetchone()[0])
+    try:
+        yield obtained
+    finally:
+        if obtained:
+            with connection.cursor() as cursor:
+                if vendor == "postgresql":
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
+                else:
+                    cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+
+
 class SessionStore(HardenedSessionBase):
     def __init__(self, session_key: str | None = None) -> None:
         super().__init__(session_key)
@@ -96,28 +236,46 @@ class SessionStore(HardenedSessionBase):
     def _db_write(self) -> str:
         return router.db_for_write(self.model)
 
-    def _run(self, alias: str, operation: Callable[[], T], what: str) -> T:
-        """Run one database operation, retrying a locked database within a bound."""
-        in_transaction = connections[alias].in_atomic_block
+    @classmethod
+    def _run(cls, alias: str, operation: Callable[[], T], what: str, *, write: bool = False) -> T:
+        """Run one database operation, retrying a locked database within a bound.
+
+        No savepoint inside a caller's transaction: every operation here is one
+        statement whose failure answers 503 anyway (a create's key collision is no
+        error, see :meth:`_write_new`). ``write`` serialises it with the engine's other
+        writes to the same SQLite database (see :func:`_serialised_write`)."""
+        connection = connections[alias]
+        in_transaction = connection.in_atomic_block
         for pause in (*_LOCK_RETRY_PAUSES, None):
             try:
-                if in_transaction:
-                    # Inside the caller's transaction: a savepoint keeps a failure here
-                    # from breaking the rest of it.
-                    with transaction.atomic(using=alias):
-                        return operation()
-                return operation()
-            except IntegrityError:
-                raise
+                with _serialised_write(connection, what) if write else nullcontext():
+                    return operation()
             except DatabaseError as exc:
                 if pause is not None and not in_transaction and _is_transient(exc):
                     time.sleep(pause)
                     continue
-                logger.warning("Session store %r failed to %s: %s", alias, what, exc)
-                raise SessionStoreUnavailable(
-                    f"The session database {alias!r} could not {what} ({exc.__class__.__name__})."
-                ) from exc
+                raise cls._unavailable(alias, what, exc) from exc
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _unavailable(alias: str, what: str, exc: DatabaseError) -> SessionStoreUnavailable:
+        if _is_missing_schema(exc):
+            # Not a passing outage: nothing works until the schema is there.
+            logger.error(
+                "The session table on database %r is missing or lacks a column "
+                "(migrations not applied?): run `manage.py migrate`. Could not %s: %s",
+                alias,
+                what,
+                exc,
+            )
+            return SessionStoreUnavailable(
+                f"The session table on database {alias!r} is missing or out of date; "
+                "run manage.py migrate."
+            )
+        logger.warning("Session store %r failed to %s: %s", alias, what, exc)
+        return SessionStoreUnavailable(
+            f"The session database {alias!r} could not {what} ({exc.__class__.__name__})."
+        )
 
     def _columns(self, data: memoryview, rec: Record) -> dict[str, Any]:
         columns = {
@@ -136,7 +294,7 @@ class SessionStore(HardenedSessionBase):
     # -- primitives ------------------------------------------------------------
 
     def _sql(self, alias: str, kind: str, names: tuple[str, ...] = ()) -> str:
-        """The hot path's two statements, built once per vendor, table and column set.
+        """The hot path's statements, built once per vendor, table and column set.
 
         Building and compiling a QuerySet for every load and save costs more than the
         I/O on SQLite (``bench/run.py --only profile``). Django's own cursor keeps the
@@ -155,6 +313,22 @@ class SessionStore(HardenedSessionBase):
             where = f"{column('key_hash')} = %s"
             if kind == "select":
                 sql = f"SELECT {column('data')}, {column('version')} FROM {table} WHERE {where}"
+            elif kind == "select_for_update":
+                sql = f"SELECT {column('data')}, {column('version')} FROM {table} WHERE {where}"
+                if connection.features.has_select_for_update:
+                    sql += " FOR UPDATE"
+            elif kind == "claim":
+                # Matches no row, but takes SQLite's write lock (see _read_for_update).
+                sql = f"UPDATE {table} SET {column('version')} = {column('version')} WHERE 0 = 1"
+            elif kind == "insert":
+                sql = (
+                    f"INSERT INTO {table} ({', '.join(column(n) for n in names)}) "
+                    f"VALUES ({', '.join(['%s'] * len(names))})"
+                )
+                if connection.vendor in _INSERT_OR_NOTHING:
+                    sql += f" ON CONFLICT ({column('key_hash')}) DO NOTHING"
+            elif kind == "delete":
+                sql = f"DELETE FROM {table} WHERE {where}"
             else:
                 sets = ", ".join(f"{column(name)} = %s" for name in names)
                 sql = f"UPDATE {table} SET {sets} WHERE {where} AND {column('version')} = %s"
@@ -178,29 +352,64 @@ class SessionStore(HardenedSessionBase):
 
     def _read_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
         alias = self._db_write()
-        rows = self._run(
-            alias,
-            lambda: list(
-                self.model.objects.using(alias)
-                .select_for_update()
-                .filter(pk=store_key)
-                .values_list("data", "version")[:1]
-            ),
-            "read a session for update",
-        )
-        if not rows:
+        connection = connections[alias]
+        sql = self._sql(alias, "select_for_update")
+        # SQLite without transaction_mode="IMMEDIATE": the transaction took no lock at
+        # BEGIN. A SELECT first would take a read lock, and the UPDATE after it would
+        # have to upgrade it; while another connection writes, SQLite refuses that
+        # upgrade at once ("database is locked", its busy timeout never consulted).
+        # A write as the first statement waits for the write lock instead.
+        claim = self._sql(alias, "claim") if _upgrades_read_lock(connection) else None
+
+        def select() -> Any:
+            with connection.cursor() as cursor:
+                if claim is not None:
+                    cursor.execute(claim)
+                cursor.execute(sql, [store_key])
+                return cursor.fetchone()
+
+        row = self._run(alias, select, "read a session for update")
+        if row is None:
             return None
-        data, version = rows[0]
+        data, version = row
         return bytes(data) if isinstance(data, memoryview) else data, version
 
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
         alias = self._db_write()
-        columns = self._columns(data, rec)
-        row = self.model(key_hash=store_key, created=moment_of(rec.created), **columns)
+        connection = connections[alias]
+        row = self.model(
+            key_hash=store_key, created=moment_of(rec.created), **self._columns(data, rec)
+        )
+        fields = self.model._meta.local_concrete_fields
+        names = tuple(field.name for field in fields)
+        params = [field.get_db_prep_save(field.pre_save(row, True), connection) for field in fields]
+        sql = self._sql(alias, "insert", names)
+        vendor = connection.vendor
 
-        try:
-            self._run(alias, lambda: row.save(using=alias, force_insert=True), "create a session")
-        except IntegrityError:
+        def insert() -> int:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    return int(cursor.rowcount)
+            except IntegrityError as exc:
+                if vendor == "mysql" and exc.args and exc.args[0] == _MYSQL_DUPLICATE_KEY:
+                    return 0
+                raise
+
+        if vendor in _INSERT_OR_NOTHING or vendor == "mysql":
+            inserted = self._run(alias, insert, "create a session", write=True)
+        else:
+            # Another database: a collision is an IntegrityError, which may break a
+            # caller's transaction, so the INSERT runs in a savepoint there.
+            def insert_in_savepoint() -> int:
+                try:
+                    with transaction.atomic(using=alias):
+                        return insert()
+                except IntegrityError:
+                    return 0
+
+            inserted = self._run(alias, insert_in_savepoint, "create a session", write=True)
+        if not inserted:
             return None
         self._enforce_cap(store_key, rec)
         return rec.version
@@ -224,7 +433,7 @@ class SessionStore(HardenedSessionBase):
                 cursor.execute(sql, params)
                 return int(cursor.rowcount)
 
-        if not self._run(alias, update, "save a session"):
+        if not self._run(alias, update, "save a session", write=True):
             return None
         self._enforce_cap(store_key, rec)
         return rec.version
@@ -264,12 +473,31 @@ class SessionStore(HardenedSessionBase):
 
     def _remove(self, store_key: str) -> bool:
         alias = self._db_write()
-        deleted, _ = self._run(
-            alias,
-            lambda: self.model.objects.using(alias).filter(pk=store_key).delete(),
-            "delete a session",
-        )
-        return bool(deleted)
+        connection = connections[alias]
+        sql = self._sql(alias, "delete")
+
+        def delete() -> int:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [store_key])
+                return int(cursor.rowcount)
+
+        # A refusal (a trigger, a foreign key a project added) is an IntegrityError:
+        # a store failure like any other (503, and cycle_key fails closed).
+        return bool(self._run(alias, delete, "delete a session", write=True))
+
+    def _discard(self, store_key: str) -> None:
+        alias = self._db_write()
+        if not connections[alias].in_atomic_block:
+            super()._discard(store_key)
+            return
+        # Inside a caller's transaction the load goes on after a failed best-effort
+        # delete, so the failure must not break that transaction (PostgreSQL refuses
+        # every statement after an error): a savepoint, rolled back on failure.
+        try:
+            with transaction.atomic(using=alias):
+                self._remove(store_key)
+        except (SessionStoreUnavailable, DatabaseError):
+            logger.warning("Could not delete expired session %s….", hash_prefix(store_key))
 
     @contextmanager
     def _conflict_guard(self) -> Iterator[None]:
@@ -277,45 +505,98 @@ class SessionStore(HardenedSessionBase):
         # COMMIT meet a locked or failing database like any other statement: retried
         # within the bound, then SessionStoreUnavailable, never a bare DatabaseError.
         alias = self._db_write()
-        atomic = transaction.atomic(using=alias)
-        self._run(alias, atomic.__enter__, "start a transaction")
-        try:
-            yield
-        except BaseException as exc:
-            atomic.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        try:
-            atomic.__exit__(None, None, None)
-        except DatabaseError as exc:
-            logger.warning("Session store %r failed to commit a merged save: %s", alias, exc)
-            raise SessionStoreUnavailable(
-                f"The session database {alias!r} could not commit a merged save "
-                f"({exc.__class__.__name__})."
-            ) from exc
+        connection = connections[alias]
+        with _serialised_write(connection, "merge a concurrent save"):
+            atomic = transaction.atomic(using=alias)
+            self._run(alias, atomic.__enter__, "start a transaction")
+            try:
+                yield
+            except BaseException as exc:
+                atomic.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            try:
+                atomic.__exit__(None, None, None)
+            except DatabaseError as exc:
+                logger.warning("Session store %r failed to commit a merged save: %s", alias, exc)
+                raise SessionStoreUnavailable(
+                    f"The session database {alias!r} could not commit a merged save "
+                    f"({exc.__class__.__name__})."
+                ) from exc
 
     # -- maintenance -----------------------------------------------------------
 
     @classmethod
     def clear_expired(cls) -> None:
-        """Delete expired rows (Django's ``clearsessions`` calls this)."""
-        cls.delete_expired()
+        """Delete expired rows (Django's ``clearsessions`` calls this): the same sweep as
+        ``manage.py clearexpiredsessions``, and nothing when another sweep holds the
+        database's runner lock."""
+        alias = router.db_for_write(cls.get_model_class())
+        with single_runner(alias) as obtained:
+            if not obtained:
+                logger.info(
+                    "Another sweep of expired sessions runs on %r; not starting one.", alias
+                )
+                return
+            cls.delete_expired(using=alias)
 
     @classmethod
-    def delete_expired(cls, batch_size: int = 1000) -> int:
-        """Delete expired rows in batches of ``batch_size``; return how many were deleted."""
+    def delete_expired(
+        cls,
+        batch_size: int = 1000,
+        *,
+        using: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete the rows expired now, in batches of ``batch_size``; how many were
+        deleted. Each batch is one ``SELECT`` of primary keys and one ``DELETE`` that
+        checks the deadline again, so a session renewed in between stays."""
         from django.utils import timezone
 
         model = cls.get_model_class()
-        alias = router.db_for_write(model)
+        alias = using or router.db_for_write(model)
         now = timezone.now()
         total = 0
         while True:
-            batch = list(
-                model.objects.using(alias)
-                .filter(expire_date__lt=now)
-                .values_list("pk", flat=True)[:batch_size]
+            batch = cls._run(
+                alias,
+                lambda: list(
+                    model.objects.using(alias)
+                    .filter(expire_date__lte=now)
+                    .order_by()
+                    .values_list("pk", flat=True)[:batch_size]
+                ),
+                "list expired sessions",
             )
             if not batch:
                 return total
-            deleted, _ = model.objects.using(alias).filter(pk__in=batch).delete()
+            deleted = cls._delete_expired_batch(alias, batch)
             total += deleted
+            if progress is not None:
+                progress(deleted)
+            if not deleted:
+                return total  # what is left was renewed meanwhile: not expired any more
+
+    @classmethod
+    def _delete_expired_batch(cls, alias: str, key_hashes: list[str]) -> int:
+        """Delete those of ``key_hashes`` whose deadline has passed, checked in the
+        ``DELETE`` itself."""
+        from django.utils import timezone
+
+        connection = connections[alias]
+        meta = cls.get_model_class()._meta
+        quote = connection.ops.quote_name
+        expire_date = meta.get_field("expire_date")
+        sql = (
+            f"DELETE FROM {quote(meta.db_table)} "
+            f"WHERE {quote(meta.get_field('key_hash').column)} "
+            f"IN ({', '.join(['%s'] * len(key_hashes))}) "
+            f"AND {quote(expire_date.column)} <= %s"
+        )
+
+        def delete() -> int:
+            params = [*key_hashes, expire_date.get_db_prep_value(timezone.now(), connection)]
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return int(cursor.rowcount)
+
+        return cls._run(alias, delete, "delete expired sessions", write=True)
