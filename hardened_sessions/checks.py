@@ -234,7 +234,8 @@ def _cache_checks() -> list[CheckMessage]:
     if kind == "memcached":
         from .stores.memcached import unsupported_options
 
-        options = settings.CACHES[alias].get("OPTIONS") or {}
+        config: dict[str, Any] = settings.CACHES[alias]
+        options: dict[str, Any] = dict(config.get("OPTIONS") or {})
         return [
             Error(
                 problem,
