@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "REVOKE_ON_PASSWORD_CHANGE": True,
     "REAUTH_MAX_AGE": 900,
     "REAUTH_URL": None,
+    "END_SESSIONS_ON_DEACTIVATION": True,
+    "REDIS_WAIT_REPLICAS": 0,
+    "REDIS_WAIT_TIMEOUT_MS": 500,
 }
 
 # Bounds that keep a typo from turning into a denial of service or a no-op.
@@ -53,6 +56,8 @@ MIN_MAX_BYTES = 256
 MAX_MAX_BYTES = 16 * 1024 * 1024
 MAX_KEY_ATTEMPTS = 100
 MAX_TIMEOUT = 10 * 365 * 24 * 3600
+MAX_WAIT_REPLICAS = 100
+MAX_WAIT_TIMEOUT_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class Config:
     revoke_on_password_change: bool = True
     reauth_max_age: int = 900
     reauth_url: str | None = None
+    end_sessions_on_deactivation: bool = True
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
 
 
 def _is_int(value: Any) -> bool:
@@ -111,7 +119,7 @@ def validate(raw: Any) -> list[str]:
             "HARDENED_SESSIONS['FAILURE_VIEW'] must be None or the dotted path of a view, "
             f"not {view!r}."
         )
-    for name in ("DEVICE_METADATA", "REVOKE_ON_PASSWORD_CHANGE"):
+    for name in ("DEVICE_METADATA", "REVOKE_ON_PASSWORD_CHANGE", "END_SESSIONS_ON_DEACTIVATION"):
         if not isinstance(merged[name], bool):
             problems.append(
                 f"HARDENED_SESSIONS[{name!r}] must be True or False, not {merged[name]!r}."
@@ -133,6 +141,19 @@ def validate(raw: Any) -> list[str]:
         problems.append(
             "HARDENED_SESSIONS['REAUTH_URL'] must be None or a URL or URL name, "
             f"not {reauth_url!r}."
+        )
+    wait = merged["REDIS_WAIT_REPLICAS"]
+    if not _is_int(wait) or not 0 <= wait <= MAX_WAIT_REPLICAS:
+        problems.append(
+            "HARDENED_SESSIONS['REDIS_WAIT_REPLICAS'] must be an integer from 0 (off) to "
+            f"{MAX_WAIT_REPLICAS}, not {wait!r}."
+        )
+    wait_ms = merged["REDIS_WAIT_TIMEOUT_MS"]
+    # 0 would be Redis's "wait forever": a lost replica would hang every request.
+    if not _is_int(wait_ms) or not 0 < wait_ms <= MAX_WAIT_TIMEOUT_MS:
+        problems.append(
+            "HARDENED_SESSIONS['REDIS_WAIT_TIMEOUT_MS'] must be a number of milliseconds "
+            f"from 1 to {MAX_WAIT_TIMEOUT_MS}, not {wait_ms!r}."
         )
     idle, touch = merged["IDLE_TIMEOUT"], merged["TOUCH_INTERVAL"]
     if touch is not None and _is_int(touch):
@@ -178,6 +199,9 @@ def get_config() -> Config:
         revoke_on_password_change=merged["REVOKE_ON_PASSWORD_CHANGE"],
         reauth_max_age=merged["REAUTH_MAX_AGE"],
         reauth_url=merged["REAUTH_URL"],
+        end_sessions_on_deactivation=merged["END_SESSIONS_ON_DEACTIVATION"],
+        redis_wait_replicas=merged["REDIS_WAIT_REPLICAS"],
+        redis_wait_timeout_ms=merged["REDIS_WAIT_TIMEOUT_MS"],
     )
     with _lock:
         _cached = config
@@ -210,6 +234,23 @@ _PATH = re.compile(r"/[!#$%&'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]*")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"\.?{_LABEL}(?:\.{_LABEL})*")
 _SAMESITE = ("lax", "strict", "none")
+# Cookie attribute names: Python's cookie library refuses them as a cookie's name
+# (``http.cookies.Morsel``; "partitioned" since Python 3.14), so every response that sets
+# the cookie would raise.
+_ATTRIBUTE_NAMES = frozenset(
+    {
+        "comment",
+        "domain",
+        "expires",
+        "httponly",
+        "max-age",
+        "partitioned",
+        "path",
+        "samesite",
+        "secure",
+        "version",
+    }
+)
 # RFC 6265bis: user agents ignore a cookie whose attribute value is longer than this.
 MAX_ATTRIBUTE_LENGTH = 1024
 
@@ -229,14 +270,16 @@ def cookie_problems() -> list[CookieProblem]:
     response, or make every session dead on arrival."""
     problems = []
     name = settings.SESSION_COOKIE_NAME
-    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+    if not isinstance(name, str) or not _TOKEN.fullmatch(name) or name.lower() in _ATTRIBUTE_NAMES:
         problems.append(
             CookieProblem(
                 "hardened_sessions.E101",
                 f"SESSION_COOKIE_NAME is {name!r}, which is not a cookie name: it must be "
-                "letters, digits and !#$%&'*+-.^_`|~ only (an RFC 2616 token).",
+                "letters, digits and !#$%&'*+-.^_`|~ only (an RFC 2616 token), and not "
+                "the name of a cookie attribute.",
                 'Spaces, control characters, non-ASCII and ()<>@,;:\\"/[]?={} would '
-                "break or extend the Set-Cookie header.",
+                "break or extend the Set-Cookie header; an attribute's name (Path, "
+                "Expires, Secure, ...) makes Python's cookie library refuse the cookie.",
             )
         )
     path = settings.SESSION_COOKIE_PATH
@@ -267,8 +310,11 @@ def cookie_problems() -> list[CookieProblem]:
             )
         )
     samesite = settings.SESSION_COOKIE_SAMESITE
-    if samesite is not False and (
-        not isinstance(samesite, str) or samesite.lower() not in _SAMESITE
+    # False, or None as Django took it before False: no SameSite attribute.
+    if (
+        samesite is not False
+        and samesite is not None
+        and (not isinstance(samesite, str) or samesite.lower() not in _SAMESITE)
     ):
         problems.append(
             CookieProblem(

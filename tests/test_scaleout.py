@@ -95,9 +95,7 @@ def cluster_cache(cluster: RedisClusterHandle) -> dict[str, Any]:
 
 
 def _close_cluster_client() -> None:
-    client = getattr(caches[SESSIONS_ALIAS]._cache, "_cluster", None)
-    if client is not None:
-        client.close()
+    caches[SESSIONS_ALIAS].close_client()
 
 
 @pytest.fixture
@@ -743,7 +741,12 @@ def test_a_partitioned_pool_node_that_rejoins_serves_nothing_past_its_deadlines(
             assert whoami(probe.client)[1] == {
                 "authenticated": True,
                 "username": probe.username,
-                "keys": ["_auth_user_backend", "_auth_user_hash", "_auth_user_id"],
+                "keys": [
+                    "_auth_user_backend",
+                    "_auth_user_hash",
+                    "_auth_user_id",
+                    "_hs_authenticated_at",  # the login's proof (hardened_sessions.reauth)
+                ],
             }
             # ... and it still holds the logged-out session, unexpired by memcached ...
             assert memcached_ttl(victim, leaving_key) is not None

@@ -21,6 +21,9 @@ from django.views.decorators.http import require_http_methods
 
 import hardened_sessions
 from demo.forms import GrowForm
+from hardened_sessions.conf import get_config
+from hardened_sessions.decorators import reauth_required
+from hardened_sessions.reauth import authenticated_at
 
 STARTED_KEY = "demo.started"
 FILLER_PREFIX = "demo.filler."
@@ -180,6 +183,24 @@ def sessions(request: HttpRequest) -> HttpResponse:
         "device_metadata": settings.HARDENED_SESSIONS.get("DEVICE_METADATA", False),
     }
     return render(request, "demo/sessions.html", context)
+
+
+@reauth_required
+def sensitive(request: HttpRequest) -> HttpResponse:
+    """A page that stands for a sensitive action (change e-mail, delete the account):
+    it needs a proof of identity younger than ``REAUTH_MAX_AGE``."""
+    proved = authenticated_at(request)
+    max_age = get_config().reauth_max_age
+    left = None
+    if proved is not None:
+        left = max(0, int(max_age - (timezone.now() - proved).total_seconds()))
+    context = {
+        "proved": proved,
+        "max_age": max_age,
+        "left": left,
+        "key_prefix": key_prefix(request.session.session_key),
+    }
+    return render(request, "demo/sensitive.html", context)
 
 
 class DemoLoginView(LoginView):

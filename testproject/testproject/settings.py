@@ -134,6 +134,9 @@ HARDENED_SESSIONS = {
     # admin. That is personal data: a real site says so in its privacy notice, and it is
     # deleted with the session.
     "DEVICE_METADATA": True,
+    # "Sudo mode": the "sensitive" page asks for the password again when the last proof
+    # (login or re-authentication) is older than this. Short here, to show it.
+    "REAUTH_MAX_AGE": 120,
 }
 
 SESSION_COOKIE_HTTPONLY = True
