@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
-from django.db import connection
+from django.db import connection, connections
 from django.test import override_settings
 
 from hardened_sessions import record
-from hardened_sessions.backends.cached_db import SessionStore
+from hardened_sessions.backends.cached_db import SessionStore, fill_marker
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.keys import store_key
 from hardened_sessions.models import HardenedSession
@@ -43,6 +43,7 @@ from tests.servers import (
     memcached_ttl,
     sessions_cache,
 )
+from tests.tcp_proxy import PROXY_ALIAS, sessions_through_proxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -439,3 +440,221 @@ def test_stock_cached_db_keeps_a_logged_out_session_in_the_cache(
     partition.restore()
     # ... but the copy still loads: the logged-out session is alive again.
     assert StockStore(key).load() == {"_auth_user_id": "7"}
+
+
+# --- a cache fill that meets a logout ------------------------------------------------------
+
+
+class AroundFill:
+    """Wraps a session's cache store: at the fill's first ``add``, runs ``before`` (a
+    concurrent request), lets the add through, then runs ``after`` (a fault)."""
+
+    def __init__(self, store: Any, before: Callable[[], None], after: Callable[[], None]) -> None:
+        self._store = store
+        self._before: Callable[[], None] | None = before
+        self._after = after
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def add(self, *args: Any) -> Any:
+        if self._before is None:
+            return self._store.add(*args)
+        before, self._before = self._before, None
+        before()
+        try:
+            return self._store.add(*args)
+        finally:
+            self._after()
+
+
+def loads_nothing(session_key: str) -> None:
+    """The old cookie loads no session: ``{}``, or a 503 while a store is unreachable."""
+    try:
+        loaded = SessionStore(session_key).load()
+    except SessionStoreUnavailable:
+        return
+    assert loaded == {}, f"a logged-out session still loads: {loaded}"
+
+
+@variant_param()
+def test_a_fill_racing_a_logout_leaves_no_copy_when_the_cache_then_fails(
+    variant: str,
+    partitioned_cache: tuple[RawCache, dict[str, Any], Partition],
+) -> None:
+    raw, servers, partition = partitioned_cache
+    session = logged_in({"_auth_user_id": "7", "sudo": True})
+    key = session.session_key
+    raw.delete(raw.key(store_key(key)))  # the copy is evicted: the next load fills
+
+    slow = SessionStore(key)
+    slow._cache = AroundFill(
+        slow._cache,
+        before=lambda: SessionStore(key).delete(),  # the user logs out meanwhile
+        after=lambda: partition.cut(holder(raw, key, servers)),  # then the cache fails
+    )
+    slow.load()  # read the row before the logout; the fill's clean-up can't reach the cache
+    assert row(key) is None
+
+    loads_nothing(key)  # during the fault
+    partition.restore()
+    settle(variant)
+    for _ in range(3):  # after it heals, again and again
+        assert SessionStore(key).load() == {}
+    assert SessionStore(key).exists(key) is False
+
+
+@variant_param()
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_fill_whose_version_recheck_fails_leaves_no_unchecked_copy(
+    variant: str,
+    direct_cache: tuple[RawCache, dict[str, Any]],
+) -> None:
+    raw, _servers = direct_cache
+    with sessions_through_proxy() as proxy:
+        session = logged_in({"_auth_user_id": "7", "sudo": True})
+        key = session.session_key
+        raw.delete(raw.key(store_key(key)))
+
+        slow = SessionStore(key)
+        slow._cache = AroundFill(
+            slow._cache,
+            before=lambda: SessionStore(key).delete(),  # the user logs out meanwhile
+            after=proxy.cut,  # then the database fails: the re-check can't answer
+        )
+        slow.load()
+        loads_nothing(key)  # during the fault
+        proxy.restore()
+        connections[PROXY_ALIAS].close()  # as a new request would (close_old_connections)
+        for _ in range(3):
+            assert SessionStore(key).load() == {}
+        assert SessionStore(key).exists(key) is False
+
+
+class BeforeCas:
+    """Wraps a session's cache store: runs ``other`` right before the fill's
+    compare-and-set, after its re-check of the row passed."""
+
+    def __init__(self, store: Any, other: Callable[[], None]) -> None:
+        self._store = store
+        self._other = other
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    ran = False
+
+    def cas(self, *args: Any) -> Any:
+        other, self._other = self._other, lambda: None
+        other()
+        self.ran = True
+        return self._store.cas(*args)
+
+
+def test_a_load_fills_the_cache_with_the_rows_record(raw_session_cache: RawCache) -> None:
+    session = logged_in({"_auth_user_id": "7"})
+    key = session.session_key
+    cache_key = raw_session_cache.key(store_key(key))
+    raw_session_cache.delete(cache_key)
+
+    assert SessionStore(key).load() == {"_auth_user_id": "7"}
+    assert raw_session_cache.get(cache_key) == bytes(row(key).data)  # type: ignore[union-attr]
+
+
+def test_a_fill_marker_is_never_served(raw_session_cache: RawCache) -> None:
+    session = logged_in({"_auth_user_id": "7"})
+    key = session.session_key
+    cache_key = raw_session_cache.key(store_key(key))
+    _version, marker = fill_marker()
+    raw_session_cache.delete(cache_key)
+    raw_session_cache.set(cache_key, marker)
+
+    assert SessionStore(key).load() == {"_auth_user_id": "7"}  # from the database
+    HardenedSession.objects.filter(pk=store_key(key)).delete()
+    assert SessionStore(key).load() == {}
+    assert SessionStore(key).exists(key) is False
+
+
+@pytest.mark.parametrize("other", ["logout", "save"])
+def test_a_fill_lands_its_copy_only_over_its_own_marker(
+    raw_session_cache: RawCache, other: str
+) -> None:
+    session = logged_in({"_auth_user_id": "7", "sudo": True})
+    key = session.session_key
+    concurrent = SessionStore(key)
+    assert concurrent["sudo"] is True
+    raw_session_cache.delete(raw_session_cache.key(store_key(key)))  # evicted
+
+    def end_sudo() -> None:
+        del concurrent["sudo"]
+        concurrent.save()
+
+    slow = SessionStore(key)
+    slow._cache = BeforeCas(slow._cache, concurrent.delete if other == "logout" else end_sudo)
+    assert slow.load() == {"_auth_user_id": "7", "sudo": True}  # read before the other
+    assert isinstance(slow._cache, BeforeCas) and slow._cache.ran  # the fill got that far
+
+    expected = {} if other == "logout" else {"_auth_user_id": "7"}
+    for _ in range(2):
+        assert SessionStore(key).load() == expected
+
+
+class LogoutCacheSteps:
+    """Wraps a logout's cache store: after its first delete runs ``after_first``; before
+    its second (the clean-up after the row delete) runs ``before_second``."""
+
+    def __init__(
+        self, store: Any, after_first: Callable[[], None], before_second: Callable[[], None]
+    ) -> None:
+        self._store = store
+        self._steps = [after_first, before_second]
+        self.deletes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def delete(self, *args: Any) -> Any:
+        self.deletes += 1
+        if self.deletes == 2:
+            self._steps[1]()
+        result = self._store.delete(*args)
+        if self.deletes == 1:
+            self._steps[0]()
+        return result
+
+
+@variant_param()
+def test_a_logout_whose_clean_up_fails_answers_503_and_a_retry_ends_the_session(
+    variant: str,
+    partitioned_cache: tuple[RawCache, dict[str, Any], Partition],
+) -> None:
+    """The one gap the README names: a copy put back between a logout's two cache
+    deletes outlives a failing second delete. The logout must not report success, and
+    a retried logout must end the session everywhere."""
+    raw, servers, partition = partitioned_cache
+    session = logged_in({"_auth_user_id": "7", "sudo": True})
+    key = session.session_key
+    concurrent = SessionStore(key)
+    assert concurrent["sudo"] is True
+
+    def concurrent_save() -> None:  # lands the copy of its new version
+        concurrent["step"] = 2
+        concurrent.save()
+
+    logout = SessionStore(key)
+    logout._cache = LogoutCacheSteps(
+        logout._cache,
+        after_first=concurrent_save,
+        before_second=lambda: partition.cut(holder(raw, key, servers)),
+    )
+    with pytest.raises(SessionStoreUnavailable):
+        logout.delete()
+    assert row(key) is None
+
+    partition.restore()
+    settle(variant)
+    assert attempt_delete(key) == "deleted"  # the user tries again
+    for _ in range(2):
+        assert SessionStore(key).load() == {}
+    gone_everywhere(key, raw)

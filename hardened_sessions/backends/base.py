@@ -20,7 +20,20 @@ session is trustworthy lives here, once:
 Thread safety: in-memory reads and writes, and the snapshot a save encodes,
 hold the session's lock; store I/O happens outside it, and it is never held
 across an ``await`` (the async methods run the sync ones in a thread, and the
-async dict helpers take the lock only around the dict operation).
+async dict helpers take the lock only around the dict operation). Every dict
+operation looks the dict up under that lock, so a write never lands in a dict that
+a rotation or a flush has just replaced.
+
+The operations that change the stored record (save, create, touch, delete, flush,
+cycle_key) of one session object run one at a time, under a second lock that
+reads and writes of the dict never take. Two threads saving one object would
+otherwise race each other as if they were two requests: a save whose snapshot is
+older than a record this same object just wrote would merge its stale values over
+the newer ones, store and memory alike, and two first saves would each create a
+key. In turn each save encodes a snapshot at least as new as the previous one and
+writes it onto the record this object last wrote. A load changes the object's
+record only while no dict exists yet (the first load), so a load that finishes late
+never rewinds it.
 """
 
 from __future__ import annotations
@@ -104,6 +117,8 @@ class HardenedSessionBase(SessionBase):
         self.accessed = False
         self.modified = False
         self._lock = threading.RLock()
+        # Serialises this object's writes to the store; see the module docstring.
+        self._write_lock = threading.RLock()
         self._record: Record | None = None
         self._token: Token = None
         self._store_failure: SessionStoreUnavailable | None = None
@@ -246,43 +261,46 @@ class HardenedSessionBase(SessionBase):
     _session = property(_get_session)
 
     def __contains__(self, key: object) -> bool:
-        session = self._session
+        self._get_session()
         with self._lock:
-            return key in session
+            return key in self._session_cache
 
     def __getitem__(self, key: str) -> Any:
-        session = self._session
+        self._get_session()
         with self._lock:
-            return session[key]
+            return self._session_cache[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        session = self._session
+        self._get_session()
         with self._lock:
-            session[key] = value
+            # Looked up under the lock: a rotation or flush may have replaced the dict.
+            self._session_cache[key] = value
             self.modified = True
 
     def __delitem__(self, key: str) -> None:
-        session = self._session
+        self._get_session()
         with self._lock:
-            del session[key]
+            del self._session_cache[key]
             self.modified = True
 
     def get(self, key: str, default: Any = None) -> Any:
-        session = self._session
+        self._get_session()
         with self._lock:
-            return session.get(key, default)
+            return self._session_cache.get(key, default)
 
     def pop(self, key: str, default: Any = _NOT_GIVEN) -> Any:
-        session = self._session
+        self._get_session()
         with self._lock:
+            session = self._session_cache
             self.modified = self.modified or key in session
             if default is _NOT_GIVEN:
                 return session.pop(key)
             return session.pop(key, default)
 
     def setdefault(self, key: str, value: Any) -> Any:  # type: ignore[override]
-        session = self._session
+        self._get_session()
         with self._lock:
+            session = self._session_cache
             if key in session:
                 return session[key]
             session[key] = value
@@ -290,28 +308,28 @@ class HardenedSessionBase(SessionBase):
             return value
 
     def update(self, dict_: Any) -> None:  # type: ignore[override]
-        session = self._session
+        self._get_session()
         with self._lock:
-            session.update(dict_)
+            self._session_cache.update(dict_)
             self.modified = True
 
     def has_key(self, key: str) -> bool:
         return key in self
 
     def keys(self) -> Any:
-        session = self._session
+        self._get_session()
         with self._lock:
-            return dict(session).keys()
+            return dict(self._session_cache).keys()
 
     def values(self) -> Any:
-        session = self._session
+        self._get_session()
         with self._lock:
-            return dict(session).values()
+            return dict(self._session_cache).values()
 
     def items(self) -> Any:
-        session = self._session
+        self._get_session()
         with self._lock:
-            return dict(session).items()
+            return dict(self._session_cache).items()
 
     def clear(self) -> None:
         with self._lock:
@@ -325,27 +343,29 @@ class HardenedSessionBase(SessionBase):
             return super().is_empty()
 
     async def aset(self, key: str, value: Any) -> None:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
-            session[key] = value
+            self._session_cache[key] = value
             self.modified = True
 
     async def aget(self, key: str, default: Any = None) -> Any:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
-            return session.get(key, default)
+            return self._session_cache.get(key, default)
 
     async def apop(self, key: str, default: Any = _NOT_GIVEN) -> Any:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
+            session = self._session_cache
             self.modified = self.modified or key in session
             if default is _NOT_GIVEN:
                 return session.pop(key)
             return session.pop(key, default)
 
     async def asetdefault(self, key: str, value: Any) -> Any:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
+            session = self._session_cache
             if key in session:
                 return session[key]
             session[key] = value
@@ -353,80 +373,92 @@ class HardenedSessionBase(SessionBase):
             return value
 
     async def aupdate(self, dict_: Any) -> None:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
-            session.update(dict_)
+            self._session_cache.update(dict_)
             self.modified = True
 
     async def ahas_key(self, key: str) -> bool:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
-            return key in session
+            return key in self._session_cache
 
     async def akeys(self) -> Any:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
-            return dict(session).keys()
+            return dict(self._session_cache).keys()
 
     async def avalues(self) -> Any:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
-            return dict(session).values()
+            return dict(self._session_cache).values()
 
     async def aitems(self) -> Any:
-        session = await self._aget_session()
+        await self._aget_session()
         with self._lock:
-            return dict(session).items()
+            return dict(self._session_cache).items()
 
     async def adelete_test_cookie(self) -> None:
         await self.apop(self.TEST_COOKIE_NAME)
 
     # ------------------------------------------------------------------ load
 
-    def _forget(self) -> None:
-        """No usable record: the next save issues a fresh key."""
+    def _adopt(
+        self, session_key: str | None, rec: Record | None, token: Token = None
+    ) -> dict[str, Any]:
+        """Make a load's outcome the object's state, unless the object already has a
+        dict (another thread's load finished first, or the session was saved, rotated
+        or flushed meanwhile): then the load was only a read, and the record that dict
+        came from stays the base of the next save. No record: the next save issues a
+        fresh key."""
+        data: dict[str, Any] = rec.data if rec is not None else {}
         with self._lock:
-            self._session_key = None
-            self._record = None
-            self._token = None
+            if "_session_cache" in self.__dict__ or self._session_key != session_key:
+                return data
+            if rec is None:
+                self._session_key = None
+                self._record = None
+                self._token = None
+            else:
+                self._record = rec
+                # Stores whose token is the record's version may leave it to the record.
+                self._token = rec.version if token is None else token
+                self._cleared = False
+            # The dict and its record are installed together, so a second load in
+            # flight cannot pair this dict with its own (maybe newer) record.
+            self._session_cache = data
+            return data
 
     def load(self) -> dict[str, Any]:
         session_key = self.session_key
         if not keys.is_well_formed(session_key):
             # Not a key this package issued: never touch the store with it.
-            self._forget()
-            return {}
+            return self._adopt(session_key, None)
         assert session_key is not None
         store_key = keys.store_key(session_key)
         found = self._io(self._read, store_key)
         if found is None:
-            self._forget()
-            return {}
+            return self._adopt(session_key, None)
         raw, token = found
         try:
             rec = record.decode(raw, store_key, self.config.max_bytes)
         except CorruptRecord as exc:
             self._reject(store_key, exc.reason, suspicious=True)
-            self._forget()
-            return {}
+            return self._adopt(session_key, None)
         if self._past_deadline(rec, time.time()):
             self._reject(store_key, "past its deadline", suspicious=False)
             self._discard(store_key)
-            self._forget()
-            return {}
-        with self._lock:
-            self._record = rec
-            # Stores whose token is the record's version may leave it to the record.
-            self._token = rec.version if token is None else token
-            self._cleared = False
-        self._loaded(store_key, raw, rec)
-        return rec.data
+            return self._adopt(session_key, None)
+        data = self._adopt(session_key, rec, token)
+        self._loaded(store_key, raw, rec, token)
+        return data
 
     def _past_deadline(self, rec: Record, now: float) -> bool:
         return past_deadline(rec, now, self.config)
 
-    def _loaded(self, store_key: str, raw: bytes, rec: Record) -> None:
-        """Hook: a record was read and accepted (the cached_db engine fills its cache)."""
+    def _loaded(self, store_key: str, raw: bytes, rec: Record, token: Token) -> None:
+        """Hook: a record was read and accepted, with the token ``_read`` gave (the
+        cached_db engine fills its cache)."""
 
     def _discard(self, store_key: str) -> None:
         """Best-effort delete of a dead record (the store also expires it)."""
@@ -453,45 +485,47 @@ class HardenedSessionBase(SessionBase):
 
     def create(self) -> None:
         """Store the current data under a fresh key (``created`` starts now)."""
-        config = self.config
-        with self.pool.buffer() as buf:
-            for _ in range(config.key_attempts):
-                session_key = keys.generate_key()
-                store_key = keys.store_key(session_key)
-                with self._lock:
-                    data = self._get_session(no_load=True)
-                    rec = self._fresh_record(data, time.time(), base=None)
-                    buf.wipe()
-                    record.encode(rec, store_key, buf, config.max_bytes)
-                view = buf.view()
-                try:
-                    token = self._io(self._write_new, store_key, view, rec)
-                finally:
-                    view.release()
-                if token is not None:
+        with self._write_lock:
+            config = self.config
+            with self.pool.buffer() as buf:
+                for _ in range(config.key_attempts):
+                    session_key = keys.generate_key()
+                    store_key = keys.store_key(session_key)
                     with self._lock:
-                        self._session_key = session_key
-                        self._record = rec
-                        self._token = token
-                        self._cleared = False
-                        self.modified = True
-                    return
-        raise SessionKeyUnavailable(
-            f"{config.key_attempts} fresh session keys in a row collided with stored "
-            "sessions; the random source is not to be trusted."
-        )
+                        data = self._get_session(no_load=True)
+                        rec = self._fresh_record(data, time.time(), base=None)
+                        buf.wipe()
+                        record.encode(rec, store_key, buf, config.max_bytes)
+                    view = buf.view()
+                    try:
+                        token = self._io(self._write_new, store_key, view, rec)
+                    finally:
+                        view.release()
+                    if token is not None:
+                        with self._lock:
+                            self._session_key = session_key
+                            self._record = rec
+                            self._token = token
+                            self._cleared = False
+                            self.modified = True
+                        return
+            raise SessionKeyUnavailable(
+                f"{config.key_attempts} fresh session keys in a row collided with stored "
+                "sessions; the random source is not to be trusted."
+            )
 
     def save(self, must_create: bool = False) -> None:
-        with self._lock:
-            base = self._record
-            session_key = self.session_key
-        if must_create or base is None or not keys.is_well_formed(session_key):
-            # A key with no record behind it (unknown, expired, or set by hand) never
-            # gets one created under it: a save issues a fresh key.
-            self.create()
-            return
-        assert session_key is not None
-        self._update(keys.store_key(session_key), base, touch_only=False)
+        with self._write_lock:
+            with self._lock:
+                base = self._record
+                session_key = self.session_key
+            if must_create or base is None or not keys.is_well_formed(session_key):
+                # A key with no record behind it (unknown, expired, or set by hand) never
+                # gets one created under it: a save issues a fresh key.
+                self.create()
+                return
+            assert session_key is not None
+            self._update(keys.store_key(session_key), base, touch_only=False)
 
     def touch(self) -> None:
         """Record activity (a re-signed record with new deadlines, same data).
@@ -499,13 +533,14 @@ class HardenedSessionBase(SessionBase):
         Raises ``UpdateError`` when the session was deleted meanwhile; a conflicting
         save by another request already recorded activity, so that is a success.
         """
-        with self._lock:
-            base = self._record
-            session_key = self.session_key
-        if base is None or not keys.is_well_formed(session_key):
-            return
-        assert session_key is not None
-        self._update(keys.store_key(session_key), base, touch_only=True)
+        with self._write_lock:
+            with self._lock:
+                base = self._record
+                session_key = self.session_key
+            if base is None or not keys.is_well_formed(session_key):
+                return
+            assert session_key is not None
+            self._update(keys.store_key(session_key), base, touch_only=True)
 
     def _update(self, store_key: str, base: Record, *, touch_only: bool) -> None:
         config = self.config
@@ -624,74 +659,89 @@ class HardenedSessionBase(SessionBase):
     # ------------------------------------------------------------------ delete, rotate
 
     def delete(self, session_key: str | None = None) -> None:
-        own = session_key is None
-        if own:
-            session_key = self.session_key
-        if not keys.is_well_formed(session_key):
-            return
-        assert session_key is not None
-        self._io(self._remove, keys.store_key(session_key))
-        if own or session_key == self.session_key:
-            with self._lock:
-                self._record = None
-                self._token = None
+        with self._write_lock:
+            if session_key is None:
+                session_key = self.session_key
+            if not keys.is_well_formed(session_key):
+                return
+            assert session_key is not None
+            self._io(self._remove, keys.store_key(session_key))
+            # The object keeps its record as the base of a next save, which then meets
+            # the missing record and raises UpdateError, as Django's db engine does.
+            # Forgetting the record would turn that save into a create: the deleted
+            # session's data (its user included) stored again under a fresh key.
 
     def flush(self) -> None:
         """Delete the stored record (failing loudly if the store can't), then forget it."""
-        self.delete()
-        with self._lock:
-            self._session_cache = {}
-            self._cleared = True
-            self.accessed = True
-            self.modified = True
-            self._session_key = None
+        with self._write_lock:
+            self.delete()
+            with self._lock:
+                self._session_cache = {}
+                self._cleared = True
+                self.accessed = True
+                self.modified = True
+                self._session_key = None
+                self._record = None
+                self._token = None
 
     def cycle_key(self) -> None:
         """Move the data to a fresh key, failing closed (see DESIGN: never two live keys)."""
-        data = self._session
-        with self._lock:
-            old_key = self.session_key
-            had_record = self._record is not None
-            data = dict(data)
-        # Refuse what create() would refuse (over MAX_BYTES, not JSON) before the old
-        # record is deleted: a rotation that cannot complete leaves the session as it was.
-        with self.pool.buffer() as probe:
-            record.encode(
-                self._fresh_record(data, time.time(), base=None), "", probe, self.config.max_bytes
-            )
-        if old_key is not None and had_record:
-            store_key = keys.store_key(old_key)
-            try:
-                existed = self._io(self._remove, store_key)
-            except SessionStoreUnavailable as exc:
-                self.rotation_failed = True
-                raise SessionRotationFailed(
-                    "The old session could not be deleted, so the key was not rotated."
-                ) from exc
-            if not existed:
-                # Revoked or logged out elsewhere meanwhile: carry nothing over.
-                logger.info(
-                    "Session %s… was gone at rotation; starting empty.", hash_prefix(store_key)
-                )
-                data = {}
-        with self._lock:
-            self._session_cache = data
-            self._session_key = None
-            self._record = None
-            self._token = None
-            self._cleared = False
-        try:
-            self.create()
-        except (SessionStoreUnavailable, SessionKeyUnavailable) as exc:
+        with self._write_lock:
+            self._get_session()  # a load is store I/O: before the lock
             with self._lock:
-                self._session_cache = {}
+                old_key = self.session_key
+                had_record = self._record is not None
+                data = dict(self._session_cache)
+            # Refuse what create() would refuse (over MAX_BYTES, not JSON) before the old
+            # record is deleted: a rotation that cannot complete leaves the session as it was.
+            with self.pool.buffer() as probe:
+                record.encode(
+                    self._fresh_record(data, time.time(), base=None),
+                    "",
+                    probe,
+                    self.config.max_bytes,
+                )
+            existed = True
+            if old_key is not None and had_record:
+                store_key = keys.store_key(old_key)
+                try:
+                    existed = self._io(self._remove, store_key)
+                except SessionStoreUnavailable as exc:
+                    self.rotation_failed = True
+                    raise SessionRotationFailed(
+                        "The old session could not be deleted, so the key was not rotated."
+                    ) from exc
+                if not existed:
+                    # Revoked or logged out elsewhere meanwhile: carry nothing over.
+                    logger.info(
+                        "Session %s… was gone at rotation; starting empty.",
+                        hash_prefix(store_key),
+                    )
+            with self._lock:
+                if not existed:
+                    self._session_cache = {}
+                # Otherwise the live dict moves to the new key as it is now: a write
+                # another thread made while the old record was being deleted is this
+                # session's data too, and lands in the new record.
                 self._session_key = None
-                self.modified = False
-                self.rotation_failed = True
-            raise SessionRotationFailed(
-                "The old session was deleted but the new one could not be stored; "
-                "the session is now empty."
-            ) from exc
+                self._record = None
+                self._token = None
+                self._cleared = False
+            try:
+                self.create()
+            except Exception as exc:
+                # The old record is gone: whatever stopped the new one (the store, the
+                # random source, data another thread made too large meanwhile), the
+                # session must not keep data it can no longer be trusted to hold.
+                with self._lock:
+                    self._session_cache = {}
+                    self._session_key = None
+                    self.modified = False
+                    self.rotation_failed = True
+                raise SessionRotationFailed(
+                    "The old session was deleted but the new one could not be stored; "
+                    "the session is now empty."
+                ) from exc
 
     async def acycle_key(self) -> None:
         await sync_to_async(self.cycle_key)()

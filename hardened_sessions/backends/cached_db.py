@@ -5,24 +5,42 @@ The database is the truth; the cache (``SESSION_CACHE_ALIAS``, served as in
 records, and every copy is checked like the original on load.
 
 * load: the cache first; on a miss, the database, and the record it returns
-  is added to the cache (``add``: never over a newer copy);
+  is added to the cache in two steps. First a *fill marker* is added (``add``:
+  never over a newer copy), a placeholder that no load ever serves (a load that
+  finds one reads the database) and that expires within seconds; then the row's
+  version is read again, and only if the row is still the version that was loaded
+  does a compare-and-set replace the fill's own marker with the copy. A save or
+  delete that ran meanwhile removed the marker (or changed the row), so the copy
+  never lands; and a fill that cannot finish (the re-check or the cache fails, a
+  logout got in between) leaves only its marker, which never loads a session. (A
+  copy added first and deleted when the re-check disagreed stayed, and kept loading
+  a logged-out session, whenever that delete failed.)
 * save: the cached copy is deleted (if the cache can't, the save fails before
   anything changed), then the version-checked ``UPDATE``, then the new record
-  is added to the cache; a copy a concurrent load put there meanwhile is dropped.
-  A load that fills the cache re-reads the row's version afterwards and drops a
-  copy that a concurrent save or delete made stale;
+  is added to the cache; what a concurrent load put there meanwhile (its fill
+  marker) is dropped, so that load's copy never lands;
 * delete: cache delete (abort with ``SessionStoreUnavailable`` if it fails),
   then the row, then the cache again: never a success while a cached copy
   still loads. (Stock Django deletes the row first and ignores a failing cache
-  delete, so a logged-out session keeps loading from the cache.)
+  delete, so a logged-out session keeps loading from the cache.) The second
+  delete removes a copy put there between the two (by a concurrent save, or a
+  fill that re-checked the row just before it was deleted); if that delete fails
+  the logout answers 503, and such a copy is gone only once a retried logout
+  reaches the cache (README, cached_db).
+
+The fill marker relies on what every byte store's compare-and-set does: replace a
+value only while it still starts with the version the token names
+(``test_a_fill_lands_its_copy_only_over_its_own_marker`` checks it on each store).
 """
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 
 from ..exceptions import SessionStoreUnavailable
-from ..record import Record
+from ..record import Record, peek_version, version_head
 from ..stores import ByteStore, store_for_cache
 from .base import Token, hash_prefix, logger
 from .cache import ttl_for
@@ -30,36 +48,60 @@ from .db import SessionStore as DBStore
 
 __all__ = ["SessionStore"]
 
+# Seconds a fill marker lives if its fill never finishes: long enough for the fill's
+# re-check (one database round trip), short because loads read the database meanwhile.
+FILL_MARKER_TTL = 5
+# A fill marker looks like a record's head to the stores' compare-and-set (which
+# compares the version a record starts with), with a random version from here up:
+# records count from 1, one a save, and never get near it.
+_MARKER_VERSIONS = 1 << 62
+
+
+def fill_marker() -> tuple[int, bytes]:
+    """A new fill marker: its version (the compare-and-set token naming this one
+    marker) and its bytes, which end with a nonce (stores that recognise their own
+    write after a lost reply compare the tail)."""
+    version = _MARKER_VERSIONS | secrets.randbits(62)
+    return version, version_head(version) + b'"fill":"' + secrets.token_hex(32).encode() + b'"}'
+
+
+def is_fill_marker(raw: bytes) -> bool:
+    version = peek_version(raw)
+    return version is not None and version >= _MARKER_VERSIONS
+
 
 class SessionStore(DBStore):
     def __init__(self, session_key: str | None = None) -> None:
         self._cache: ByteStore = store_for_cache(settings.SESSION_CACHE_ALIAS)
-        self._fill_cache = False
         super().__init__(session_key)
 
     def _read(self, store_key: str) -> tuple[bytes, Token] | None:
         cached = self._cache.get(store_key)
-        if cached is not None:
-            # The database's token is the record's version, which the copy carries (the
-            # engine reads it from the record once verified).
-            self._fill_cache = False
+        if cached is not None and not is_fill_marker(cached[0]):
+            # No token: the database's token is the record's version, which the copy
+            # carries (the engine reads it from the record once verified), and a load
+            # tells a copy (nothing to fill) from a row by it.
             return cached[0], None
-        self._fill_cache = True
         return super()._read(store_key)
 
-    def _loaded(self, store_key: str, raw: bytes, rec: Record) -> None:
-        if not self._fill_cache:
-            return
-        self._fill_cache = False
+    def _loaded(self, store_key: str, raw: bytes, rec: Record, token: Token) -> None:
+        if token is None:
+            return  # read from the cache
+        marker_version, marker = fill_marker()
         try:
-            if self._cache.add(store_key, memoryview(raw), ttl_for(rec), rec.version) is None:
-                return
-            # A save or delete may have run between our read and the add: a copy that
-            # is not the row's current version must not stay.
+            held = self._cache.add(store_key, memoryview(marker), FILL_MARKER_TTL, marker_version)
+            if held is None:
+                return  # a copy, or another fill's marker, is there
             if self._primary_version(store_key) != rec.version:
+                # A save or delete ran since our read: no copy. The marker never loads
+                # and expires; removing it now only spares loads a database read.
                 self._cache.delete(store_key)
+                return
+            # Only over our own marker: a save or delete since the add removed it.
+            self._cache.cas(store_key, memoryview(raw), ttl_for(rec), held, rec.version)
         except SessionStoreUnavailable:
-            # The database answered; the copy is only an optimisation.
+            # The database answered the load; the copy is only an optimisation, and
+            # what a failed fill leaves (its marker) never loads a session.
             logger.info("Could not cache session %s….", hash_prefix(store_key))
 
     def _primary_version(self, store_key: str) -> int | None:
@@ -93,7 +135,7 @@ class SessionStore(DBStore):
             new_token is not None
             and self._cache.add(store_key, data, ttl_for(rec), rec.version) is None
         ):
-            # A concurrent load filled in an older copy meanwhile: drop it.
+            # A concurrent load's fill marker: drop it, so that its copy never lands.
             self._cache.delete(store_key)
         return new_token
 
