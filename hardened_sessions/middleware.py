@@ -28,7 +28,8 @@ Django's ``SessionMiddleware``, response for response; only the cookie settings 
 still refused as above. The system check ``hardened_sessions.W201`` says so.
 
 The 400 and 503 bodies are plain text unless ``HARDENED_SESSIONS["FAILURE_VIEW"]``
-names a view ``view(request, status, reason)`` that renders them.
+names a view ``view(request, status, reason)`` that renders them (a view that raises
+leaves the plain answer, and is logged).
 """
 
 from __future__ import annotations
@@ -135,13 +136,7 @@ class HardenedSessionMiddleware(SessionMiddleware):
     def failure_response(
         self, request: HttpRequest, status: int, reason: str, *, expire_cookie: bool = False
     ) -> HttpResponseBase:
-        view_path = get_config().failure_view
-        response: HttpResponseBase
-        if view_path:
-            response = import_string(view_path)(request, status, reason)
-            response.status_code = status
-        else:
-            response = HttpResponse(reason, status=status, content_type="text/plain; charset=utf-8")
+        response = self._failure_page(request, status, reason)
         if status == 503:
             response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         patch_cache_control(response, no_store=True)
@@ -150,6 +145,29 @@ class HardenedSessionMiddleware(SessionMiddleware):
             self._delete_cookie(response)
         response._hardened_session_answer = True  # type: ignore[attr-defined]
         return response
+
+    def _failure_page(self, request: HttpRequest, status: int, reason: str) -> HttpResponseBase:
+        """``FAILURE_VIEW``'s page, rendered (an answer made in ``process_response`` is
+        not rendered by Django's handler); the plain answer when there is no such view or
+        it fails (a broken template, one that reads ``request.user`` while the store is
+        down): the status and headers of a failure answer never depend on that view."""
+        view_path = get_config().failure_view
+        if view_path:
+            try:
+                response: HttpResponseBase = import_string(view_path)(request, status, reason)
+                render = getattr(response, "render", None)
+                if callable(render) and not getattr(response, "is_rendered", True):
+                    response = render() or response
+                response.status_code = status
+            except Exception:
+                logger.exception(
+                    "HARDENED_SESSIONS['FAILURE_VIEW'] (%s) failed; answering %s in plain text.",
+                    view_path,
+                    status,
+                )
+            else:
+                return response
+        return HttpResponse(reason, status=status, content_type="text/plain; charset=utf-8")
 
     def _answer(self, request: HttpRequest, exc: BaseException) -> HttpResponseBase | None:
         if isinstance(exc, SessionTooLarge):

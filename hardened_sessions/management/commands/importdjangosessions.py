@@ -21,6 +21,9 @@ rolling deploy, still read it):
   never leaves a record that a later run could bring back after it ended. On a store
   failure the run stops, and the markers of the rows it never sent are withdrawn.
 
+``--database`` names the database that holds ``django_session``; the records and the
+markers always go where the database routers send them, as the engine reads them.
+
 Two runs at once are safe: the marker's primary key admits one of them per key, the
 other counts the key as already imported. A marker is pruned at the end of a complete
 run once the stock row it stands for has expired (the date is refreshed whenever the
@@ -97,6 +100,17 @@ class Converted:
     rec: record.Record
 
 
+def _text(value: Any) -> Any:
+    """Bytes read from SQLite as the text they are, or ``None`` when they are not UTF-8
+    (a malformed key, undecodable data, no valid expiry); other values as they are."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
 class _StoreFailed(Exception):
     """The session store refused a write: the run stops."""
 
@@ -110,8 +124,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--database",
             default=None,
-            help="Database alias holding the stock table and the import markers "
-            "(default: where sessions, or on the cache engine the markers, are written).",
+            help="Database alias holding the stock table (default: where sessions, or on "
+            "the cache engine the import markers, are written). Records and markers "
+            "always go where the database routers send them, as the engine reads them.",
         )
         parser.add_argument(
             "--table", default="django_session", help="Table of the stock sessions."
@@ -136,15 +151,21 @@ class Command(BaseCommand):
                 f"SESSION_ENGINE is {settings.SESSION_ENGINE!r}, not one of "
                 "hardened_sessions' engines: switch to one before importing."
             )
-        alias = options["database"] or default_alias
-        if alias not in connections:
-            raise CommandError(f"Unknown database alias {alias!r}.")
-        self.alias = alias
-        connection = connections[alias]
-        tables = connection.introspection.table_names()
+        # The stock table is read from --database; the records and their markers are
+        # written where the engine (the routers) will look for them, never elsewhere:
+        # a record there would be reported imported yet never load, and markers kept
+        # apart from the sessions could not stop a later run from importing again.
+        source = options["database"] or default_alias
+        for alias in (source, default_alias):
+            if alias not in connections:
+                raise CommandError(f"Unknown database alias {alias!r}.")
+        self.alias = alias = default_alias
+        where = repr(alias) if source == alias else f"{source!r} or {alias!r}"
+        connection = connections[source]
         table = options["table"]
-        if table not in tables:
-            raise CommandError(f"No table {table!r} in database {alias!r}: nothing to import.")
+        if table not in connection.introspection.table_names():
+            raise CommandError(f"No table {table!r} in database {source!r}: nothing to import.")
+        tables = connections[alias].introspection.table_names()
         for model in needed:
             if model._meta.db_table not in tables:
                 raise CommandError(
@@ -166,7 +187,7 @@ class Command(BaseCommand):
         except DatabaseError as exc:
             self._report(counts, pruned=pruned, stopped=not scanned)
             raise CommandError(
-                f"Database {alias!r} failed ({exc.__class__.__name__}: {exc}); the run "
+                f"Database {where} failed ({exc.__class__.__name__}: {exc}); the run "
                 "stopped. Only what is reported above was done; run the command again."
             ) from exc
         except _StoreFailed as exc:
@@ -195,25 +216,45 @@ class Command(BaseCommand):
     # ------------------------------------------------------------------ the scan
 
     def _scan(self, connection: Any, table: str, batch_size: int, counts: Counts) -> None:
+        """Read the stock table in batches. A value the driver cannot turn into a
+        Python one would fail the whole batch, every run: such values are read in a
+        form that always converts, and judged row by row."""
         quoted = connection.ops.quote_name(table)
-        # SQLite keeps any text in a datetime column, and the converter Django registers
-        # for it raises on some: read the text and parse it here, row by row.
-        expire_column = (
-            "CAST(expire_date AS TEXT)" if connection.vendor == "sqlite" else "expire_date"
-        )
-        sql = (
-            f"SELECT session_key, session_data, {expire_column} FROM {quoted} "
-            "WHERE session_key > %s ORDER BY session_key LIMIT %s"
-        )
-        last_key = ""
+        if connection.vendor == "sqlite":
+            # SQLite keeps any bytes in any column: text that is not UTF-8 makes the
+            # driver raise, and the datetime converter raises on some text. Read bytes,
+            # decode them here; page by rowid (Django's tables have one), as a key that is
+            # not UTF-8 could not be handed back as the next page's bound.
+            sql = (
+                # A key kept as bytes or a number never matched a text key: stock
+                # Django never served it.
+                "SELECT rowid, CASE WHEN typeof(session_key) = 'text' "
+                "THEN CAST(session_key AS BLOB) END, CAST(session_data AS BLOB), "
+                f"CAST(expire_date AS BLOB) FROM {quoted} WHERE rowid > %s "
+                "ORDER BY rowid LIMIT %s"
+            )
+            last: Any = -1
+        else:
+            # PostgreSQL keeps dates a Python datetime cannot hold ('infinity', years
+            # beyond 9999 or BC): read those as NULL, a row without a valid expiry.
+            expire_column = (
+                "CASE WHEN EXTRACT(YEAR FROM expire_date) BETWEEN 1 AND 9999 THEN expire_date END"
+                if connection.vendor == "postgresql"
+                else "expire_date"
+            )
+            sql = (
+                f"SELECT session_key, session_key, session_data, {expire_column} "
+                f"FROM {quoted} WHERE session_key > %s ORDER BY session_key LIMIT %s"
+            )
+            last = ""
         while True:
             with connection.cursor() as cursor:
-                cursor.execute(sql, [last_key, batch_size])
+                cursor.execute(sql, [last, batch_size])
                 rows = cursor.fetchall()
             if not rows:
                 return
-            last_key = rows[-1][0]
-            self._batch(rows, counts)
+            last = rows[-1][0]
+            self._batch([(_text(k), _text(d), _text(e)) for _, k, d, e in rows], counts)
 
     def _batch(self, rows: list[tuple[Any, Any, Any]], counts: Counts) -> None:
         candidates: dict[str, Candidate] = {}
