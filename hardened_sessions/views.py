@@ -4,6 +4,9 @@ Password by default (``PasswordReauthForm``); any proof plugs in through
 ``form_class`` (see the README, "Re-authentication"). On success the session key is
 rotated and the time recorded (``reauth.mark_authenticated``), then the user goes to
 ``next`` when it is a URL of this site, else to ``settings.LOGIN_REDIRECT_URL``.
+
+The "your sessions" views live in ``hardened_sessions.views_sessions`` and are
+importable from here.
 """
 
 from __future__ import annotations
@@ -24,8 +27,24 @@ from django.views.generic.edit import FormView
 
 from .forms import PasswordReauthForm
 from .reauth import mark_authenticated, redirect_with_next
+from .views_sessions import (
+    AsyncEndOtherSessionsView,
+    AsyncEndSessionView,
+    AsyncSessionListView,
+    EndOtherSessionsView,
+    EndSessionView,
+    SessionListView,
+)
 
-__all__ = ["ReauthView"]
+__all__ = [
+    "AsyncEndOtherSessionsView",
+    "AsyncEndSessionView",
+    "AsyncSessionListView",
+    "EndOtherSessionsView",
+    "EndSessionView",
+    "ReauthView",
+    "SessionListView",
+]
 
 
 @method_decorator([sensitive_post_parameters("password"), csrf_protect, never_cache], "dispatch")

@@ -2,37 +2,38 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView, LogoutView
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.utils.translation import ngettext
 from django.views.decorators.http import require_http_methods
 
-import hardened_sessions
 from demo.forms import GrowForm
+from hardened_sessions import keys
 from hardened_sessions.conf import get_config
 from hardened_sessions.decorators import reauth_required
 from hardened_sessions.reauth import authenticated_at
+from hardened_sessions.views_sessions import handle_of
 
 STARTED_KEY = "demo.started"
 FILLER_PREFIX = "demo.filler."
 
 
-def key_prefix(session_key: str | None) -> str:
-    """The first 6 characters of a session key: enough to tell two keys apart, never
-    enough to use one. The full key is never shown."""
-    return f"{session_key[:6]}…" if session_key else "(none)"
+def session_id(session_key: str | None) -> str:
+    """How every page names a session: the first 16 hex digits of the SHA-256 of its
+    key, the row id of the admin and the handle of "Your sessions". The key itself, or
+    any part of it, is never shown."""
+    if not session_key or not keys.is_well_formed(session_key):
+        return "(none)"
+    return handle_of(keys.store_key(session_key))
 
 
 def ensure_started(request: HttpRequest) -> None:
@@ -57,11 +58,6 @@ def filler_keys(request: HttpRequest) -> list[str]:
     return [key for key, _ in request.session.items() if key.startswith(FILLER_PREFIX)]
 
 
-def key_hash(session_key: str | None) -> str | None:
-    """SHA-256 hex of a session key: what the store keeps instead of the key."""
-    return hashlib.sha256(session_key.encode()).hexdigest() if session_key else None
-
-
 def record_created(request: HttpRequest) -> datetime | None:
     """When the stored record says this session was created (restarted at login), or
     ``None`` while nothing is stored yet."""
@@ -74,7 +70,7 @@ def home(request: HttpRequest) -> HttpResponse:
     ensure_started(request)
     started = parse_datetime(request.session[STARTED_KEY])
     context = {
-        "key_prefix": key_prefix(request.session.session_key),
+        "session_id": session_id(request.session.session_key),
         "started": started,
         "record_created": record_created(request),
         "engine": settings.SESSION_ENGINE,
@@ -127,62 +123,28 @@ def cookie(request: HttpRequest) -> HttpResponse:
         ("SESSION_EXPIRE_AT_BROWSER_CLOSE", settings.SESSION_EXPIRE_AT_BROWSER_CLOSE),
         ("CSRF_COOKIE_HTTPONLY", settings.CSRF_COOKIE_HTTPONLY),
     ]
+    # What this response's Set-Cookie carries: the expiry age cut at the absolute
+    # timeout (not SESSION_COOKIE_AGE). Until a record is stored (a new visit) the
+    # absolute deadline is not known yet: reload.
+    session: Any = request.session
+    stored = getattr(session, "record", None) is not None
+    max_age = session.cookie_max_age() if stored else None
     context = {
         "flags": flags,
         "received": sorted(request.COOKIES),
         "cookie_name": settings.SESSION_COOKIE_NAME,
+        "max_age": max_age,
+        "cookie_expires": timezone.now() + timedelta(seconds=max_age) if stored else None,
+        "browser_close": session.get_expire_at_browser_close(),
     }
     return render(request, "demo/cookie.html", context)
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def sessions(request: HttpRequest) -> HttpResponse:
-    """The signed-in user's live sessions, and "log out other devices"."""
-    if request.method == "POST":
-        try:
-            ended = hardened_sessions.revoke_user_sessions(
-                request.user, keep=request.session.session_key
-            )
-        except NotImplementedError:
-            messages.error(request, "This session engine cannot end other sessions.")
-        else:
-            messages.success(
-                request,
-                ngettext(
-                    "Logged out %(count)d other session.",
-                    "Logged out %(count)d other sessions.",
-                    ended,
-                )
-                % {"count": ended},
-            )
-        return redirect("sessions")
-    try:
-        rows = hardened_sessions.user_sessions(request.user)
-    except NotImplementedError as exc:
-        rows, unsupported = [], str(exc)
-    else:
-        unsupported = ""
-    current = key_hash(request.session.session_key)
-    context = {
-        # Only a prefix of each key's hash: enough to tell sessions apart, useless as a cookie.
-        "sessions": [
-            {
-                "hash_prefix": f"{row.key_hash[:8]}…",
-                "current": row.key_hash == current,
-                "created": row.created,
-                "last_activity": row.last_activity,
-                "expires": row.expire_date,
-                "ip_address": row.ip_address,
-                "user_agent": row.user_agent,
-            }
-            for row in rows
-        ],
-        "unsupported": unsupported,
-        "engine": settings.SESSION_ENGINE,
-        "device_metadata": settings.HARDENED_SESSIONS.get("DEVICE_METADATA", False),
-    }
-    return render(request, "demo/sessions.html", context)
+def session_failure(request: HttpRequest, status: int, reason: str) -> HttpResponse:
+    """``HARDENED_SESSIONS["FAILURE_VIEW"]``: the middleware's 400 and 503 answers as a
+    page of the site, with a way back. The status is the middleware's."""
+    context = {"status": status, "reason": reason, "too_large": status == 400}
+    return render(request, "demo/failure.html", context, status=status)
 
 
 @reauth_required
@@ -198,7 +160,7 @@ def sensitive(request: HttpRequest) -> HttpResponse:
         "proved": proved,
         "max_age": max_age,
         "left": left,
-        "key_prefix": key_prefix(request.session.session_key),
+        "session_id": session_id(request.session.session_key),
     }
     return render(request, "demo/sensitive.html", context)
 
@@ -207,12 +169,12 @@ class DemoLoginView(LoginView):
     """Django's login view, plus a message that shows the key rotation at login."""
 
     def form_valid(self, form: Any) -> HttpResponse:
-        before = key_prefix(self.request.session.session_key)
+        before = session_id(self.request.session.session_key)
         response = super().form_valid(form)
-        after = key_prefix(self.request.session.session_key)
+        after = session_id(self.request.session.session_key)
         messages.success(
             self.request,
-            f"Logged in. The session key changed at login: {before} → {after}",
+            f"Logged in. A new session replaced the old one at login: {before} → {after}",
         )
         return response
 
@@ -221,7 +183,7 @@ class DemoLogoutView(LogoutView):
     """Django's logout view (POST only), plus a message naming the ended session."""
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        before = key_prefix(request.session.session_key)
+        before = session_id(request.session.session_key)
         response = super().post(request, *args, **kwargs)
         messages.info(request, f"Logged out. Session {before} was deleted from the store.")
         return response

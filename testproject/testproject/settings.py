@@ -8,7 +8,9 @@ switch the store:
 - ``HS_DEMO_REDIS_URL``: sessions in Redis through django-redis
   (``SESSION_ENGINE = "hardened_sessions.backends.cache"``), e.g. ``redis://127.0.0.1:6379/1``;
 - ``HS_DEMO_MEMCACHED``: sessions in memcached through Django's ``PyMemcacheCache``,
-  e.g. ``127.0.0.1:11211`` (several servers: comma-separated).
+  e.g. ``127.0.0.1:11211`` (several servers: comma-separated);
+- ``HS_DEMO_SHORT_TIMEOUTS=1``: sessions end after 60 seconds without a request and
+  180 seconds after login at the latest, so that expiry can be watched.
 
 This is a demo: the secret key is public and DEBUG is on. Do not deploy it.
 """
@@ -49,6 +51,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Says "your session was ended" when a session cookie came in but opened nothing.
+    "demo.middleware.session_ended_message",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -58,7 +62,9 @@ WSGI_APPLICATION = "testproject.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # templates/hardened_sessions/base.html puts the package's pages ("Your
+        # sessions", the re-authentication page) into the demo's layout.
+        "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -137,7 +143,13 @@ HARDENED_SESSIONS = {
     # "Sudo mode": the "sensitive" page asks for the password again when the last proof
     # (login or re-authentication) is older than this. Short here, to show it.
     "REAUTH_MAX_AGE": 120,
+    # The 400 and 503 answers of the session middleware (a session grown over
+    # MAX_BYTES, a store that is down) as pages in the demo's layout.
+    "FAILURE_VIEW": "demo.views.session_failure",
 }
+
+if os.environ.get("HS_DEMO_SHORT_TIMEOUTS", "") not in {"", "0", "false", "no", "off"}:
+    HARDENED_SESSIONS.update(IDLE_TIMEOUT=60, ABSOLUTE_TIMEOUT=180, TOUCH_INTERVAL=10)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.browser.conftest import SESSION_COOKIE, DemoSite, expect, session_cookie
+from tests.browser.conftest import SESSION_COOKIE, DemoSite, expect, log_in, session_cookie
 
 
 def configured_flags(page: Any) -> dict[str, str]:
@@ -97,3 +98,26 @@ def test_samesite_none_forces_secure(
             assert stored["sameSite"] == "None"
         assert SESSION_COOKIE + "=" not in page.evaluate("document.cookie")
         shot(page, "cookie-page-samesite-none")
+
+
+def test_cookie_page_shows_the_lifetime_the_cookie_really_has(
+    demo_site: DemoSite, new_context: Callable[..., Any], shot: Callable[..., Any]
+) -> None:
+    """The cookie carries the absolute timeout (12 hours in the demo), not
+    ``SESSION_COOKIE_AGE`` (two weeks), and the page says so."""
+    context = new_context()
+    page = context.new_page()
+    log_in(page, demo_site, "demo")
+    page.goto(demo_site("/cookie/"))
+    max_age = int(page.locator("#cookie-max-age").inner_text())
+    shown_expiry = int(page.locator("#cookie-expires").get_attribute("data-epoch"))
+    cookie = session_cookie(context)
+    assert cookie is not None
+    absolute_timeout = 43200  # HARDENED_SESSIONS["ABSOLUTE_TIMEOUT"] of the demo
+    assert absolute_timeout - 60 < max_age <= absolute_timeout
+    assert configured_flags(page)["SESSION_COOKIE_AGE"] == "1209600"
+    # What the browser stored: the same moment, give or take the seconds between the
+    # login and this page.
+    assert abs(cookie["expires"] - shown_expiry) <= 5, (cookie["expires"], shown_expiry)
+    assert abs(cookie["expires"] - (time.time() + max_age)) <= 60
+    shot(page, "cookie-lifetime")

@@ -1,5 +1,6 @@
 """The demo's "Grow" page: a session grown past ``MAX_BYTES`` is answered 400 and the
-stored session keeps what it held before (DESIGN, "Behaviour": save over MAX_BYTES)."""
+stored session keeps what it held before (DESIGN, "Behaviour": save over MAX_BYTES); the
+400 is the demo's ``FAILURE_VIEW`` page."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tests.browser.conftest import DemoSite
+from tests.browser.conftest import DemoSite, expect
 
 CHUNK_KIB = 16  # the demo's MAX_BYTES is 64 KiB: the fourth chunk is too much
 MAX_ATTEMPTS = 8
@@ -47,7 +48,15 @@ def test_growing_past_max_bytes_answers_400_and_keeps_the_stored_session(
     assert stored >= 1
     assert response.request.method == "POST"
     assert "The session grew larger than this site allows." in page.content()
+    # Through HARDENED_SESSIONS["FAILURE_VIEW"]: a page of the site, in its layout, with a
+    # way back; the status stays the middleware's.
+    assert response.headers["content-type"].startswith("text/html")
+    expect(page.locator("nav")).to_contain_text("Your sessions")
+    expect(page.locator("h1")).to_have_text("This change was not saved")
+    expect(page.locator("#failure")).to_contain_text("400")
     shot(page, "400-too-large")
+    page.click("#back")
+    page.wait_for_url(demo_site("/grow/"))
 
     page.goto(demo_site("/grow/"))
     assert chunks_shown(page) == stored
