@@ -377,12 +377,26 @@ def memcached_keys(server: Server) -> list[str]:
     return keys
 
 
+class _Repickled:
+    """Pickles into ``pickle.loads(value)``: put in a LocMemCache through its own API,
+    the cache's ``get`` unpickles ``value``, as it would a pickle stored by ``set``."""
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        import _pickle  # pickle.loads itself, even while a test has replaced pickle's
+
+        return (_pickle.loads, (self.value,))
+
+
 class RawCache:
     """What a ``session_cache`` variant holds, read and written around every serializer.
 
     Redis: a plain redis-py client on the primary. memcached: plain pymemcache
     clients, one per server (the server holding a key is found by asking each).
-    LocMemCache: the cache's own dict. Keys are full cache keys (see :meth:`key`).
+    LocMemCache: the package's own byte store of the alias (its inspection methods),
+    where the records live, not in the cache. Keys are full cache keys (see :meth:`key`).
     """
 
     def __init__(self, variant: str, servers: dict[str, Any], alias: str = SESSIONS_ALIAS) -> None:
@@ -402,6 +416,13 @@ class RawCache:
         """The full key a session is stored under, by the cache's own key function."""
         return str(self.cache.make_key("hardened_sessions:" + store_key))
 
+    @property
+    def locmem(self) -> Any:
+        """The byte store holding a LocMemCache alias's records."""
+        from hardened_sessions.stores import store_for_cache
+
+        return store_for_cache(self.alias)
+
     def _memcached_holder(self, key: str) -> Server | None:
         for server in self.memcached_servers:
             if memcached_ttl(server, key) is not None:
@@ -410,9 +431,7 @@ class RawCache:
 
     def get(self, key: str) -> bytes | None:
         if self.variant == "locmem":
-            cache = self.cache
-            with cache._lock:
-                return None if cache._has_expired(key) else cache._cache.get(key)
+            return self.locmem.raw_get(key)  # type: ignore[no-any-return]
         if self.redis_server is not None:
             client = raw_redis(self.redis_server)
             try:
@@ -434,9 +453,10 @@ class RawCache:
         """Store ``value`` as is. ``pickled`` marks a memcached entry with pymemcache's
         pickle flag, as ``PyMemcacheCache`` itself would."""
         if self.variant == "locmem":
-            cache = self.cache
-            with cache._lock:
-                cache._set(key, value, ttl)
+            self.locmem.raw_set(key, value, ttl)
+            if pickled:  # the cache's own API unpickles it, as it would a pickle it wrote
+                name = key.split(":", 2)[2]  # before the cache's KEY_PREFIX and VERSION
+                self.cache.set(name, _Repickled(value), ttl)
             return
         if self.redis_server is not None:
             client = raw_redis(self.redis_server)
@@ -456,9 +476,7 @@ class RawCache:
 
     def delete(self, key: str) -> None:
         if self.variant == "locmem":
-            cache = self.cache
-            with cache._lock:
-                cache._delete(key)
+            self.locmem.raw_delete(key)
             return
         if self.redis_server is not None:
             client = raw_redis(self.redis_server)
@@ -482,15 +500,8 @@ class RawCache:
 
     def ttl(self, key: str) -> float | None:
         """Seconds left before the entry expires; None when absent or without expiry."""
-        import time
-
         if self.variant == "locmem":
-            cache = self.cache
-            with cache._lock:
-                if key not in cache._cache:
-                    return None
-                deadline = cache._expire_info.get(key)
-            return None if deadline is None else deadline - time.time()
+            return self.locmem.raw_ttl(key)  # type: ignore[no-any-return]
         if self.redis_server is not None:
             client = raw_redis(self.redis_server)
             try:
@@ -507,9 +518,7 @@ class RawCache:
     def keys(self) -> list[str]:
         """Every key of this variant (its ``KEY_PREFIX``) that the cache holds."""
         if self.variant == "locmem":
-            cache = self.cache
-            with cache._lock:
-                found = list(cache._cache)
+            found = self.locmem.raw_keys()
         elif self.redis_server is not None:
             client = raw_redis(self.redis_server)
             try:

@@ -540,7 +540,7 @@ def test_servers_are_named_and_placed_as_pymemcache_names_them() -> None:
     config["LOCATION"] = location
     with sessions_cache(config, SESSION_ENGINE=ENGINES["cache"]) as alias:
         store: Any = store_for_cache(alias)
-        names = list(store._client.clients)
+        names = store.server_names()
         assert names == list(HashClient(location).clients)
         nodes = RendezvousNodes()
         for name in names:

@@ -147,7 +147,7 @@ def store_for_cache(alias: str) -> ByteStore:
     else:
         from .locmem import LocMemByteStore
 
-        store = LocMemByteStore(cache)
+        store = LocMemByteStore.from_cache(cache, alias)
     with _lock:
         return _stores.setdefault(alias, store)
 

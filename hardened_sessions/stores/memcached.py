@@ -52,15 +52,23 @@ Threads: pymemcache's plain client is not thread-safe (two threads talking over 
 socket read each other's replies), and the store is shared by every thread of the
 process, so each thread gets clients of its own, as Django's cache handler gives
 each thread its own cache. With ``OPTIONS = {"use_pooling": True}`` one pymemcache
-``PooledClient`` per server serves every thread.
+``PooledClient`` per server serves every thread; with ``max_pool_size`` too, a thread
+(or gevent greenlet) waits up to ``POOL_WAIT`` seconds for a free client of the server
+rather than fail at once.
+
+Processes: a forked child (a pre-fork server's worker) drops the clients it inherited
+(``os.register_at_fork``) and opens connections of its own, so parent and child never
+share a socket.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Real
@@ -114,6 +122,10 @@ _KNOWN_OPTIONS = (
 _UNREACHABLE = (OSError, MemcacheUnexpectedCloseError)
 # A connection that broke while idle shows as one of these on its next use.
 _STALE = (MemcacheUnexpectedCloseError, ConnectionResetError, BrokenPipeError)
+# How long a command waits for one of its server's ``max_pool_size`` pooled clients to
+# come free (as long as redis-py's BlockingConnectionPool waits by default) before it
+# fails closed.
+POOL_WAIT = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,17 +310,28 @@ class _Health:
         if was is not None:
             logger.info("memcached server %s answers again.", self.names[i])
 
+    def renew_lock(self) -> None:
+        # In a forked child: another thread of the parent may have held the lock.
+        self._lock = threading.Lock()
+
     def any_up(self, but: int) -> bool:
         return any(state is None for n, state in enumerate(self.down) if n != but)
 
 
-class _Clients(list[Any]):
-    """One client per server, in ``LOCATION`` order; ``clients`` maps each server's name
-    to its client (the shape of ``HashClient.clients``)."""
+# Every store of the process, for the fork handler below.
+_stores: weakref.WeakSet[MemcachedByteStore] = weakref.WeakSet()
 
-    def __init__(self, names: list[str], clients: list[Any]) -> None:
-        super().__init__(clients)
-        self.clients = dict(zip(names, clients, strict=True))
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store._forget_clients()
+
+
+# A forked worker (gunicorn, uWSGI, multiprocessing) must not talk over its parent's
+# sockets: both would read each other's replies. Registered once per process; the
+# WeakSet keeps it from holding stores alive.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class MemcachedByteStore:
@@ -322,6 +345,7 @@ class MemcachedByteStore:
         *,
         shared: bool,
         options: Mapping[str, Any] | None = None,
+        max_pool_size: int | None = None,
     ) -> None:
         """``servers``: normalised pymemcache server specs; ``make_client(server)`` builds a
         client of one server; ``shared``: one client per server may serve every thread
@@ -337,23 +361,53 @@ class MemcachedByteStore:
         self._health = _Health(names, options or {})
         self._make_client = make_client
         self._make_key = make_key
+        self._pooled = shared
+        self._max_pool_size = max_pool_size
         self._shared = self._new_clients() if shared else None
         self._local = threading.local()
+        # pymemcache's pool raises RuntimeError instead of waiting when max_pool_size
+        # clients are in use, so more threads (or gevent greenlets) than that would
+        # fail: a semaphore per server makes the others wait for a free client.
+        self._slots = self._new_slots()
+        _stores.add(self)
 
-    def _new_clients(self) -> _Clients:
-        return _Clients(self._names, [self._make_client(server) for server in self._servers])
+    def _new_slots(self) -> list[threading.BoundedSemaphore] | None:
+        size = self._max_pool_size
+        if not (self._pooled and size):
+            return None
+        return [threading.BoundedSemaphore(size) for _ in self._names]
 
-    @property
-    def _client(self) -> _Clients:
-        """This thread's clients, one per server (in ``LOCATION`` order)."""
+    def _new_clients(self) -> tuple[Any, ...]:
+        return tuple(self._make_client(server) for server in self._servers)
+
+    def _forget_clients(self) -> None:
+        """In a forked child: new clients (new sockets, new pool locks), new slots and a
+        new health lock from here on (the parent's other threads may have held them).
+        The parent's clients are dropped, not closed: the child's copies of their
+        sockets close with them, and the parent's connections stay as they were."""
+        self._health.renew_lock()
+        self._local = threading.local()
+        self._shared = self._new_clients() if self._pooled else None
+        self._slots = self._new_slots()
+
+    def clients(self) -> tuple[Any, ...]:
+        """The pymemcache clients this thread uses, one per server in
+        :meth:`server_names` order (``PooledClient`` instances shared by every thread
+        with ``use_pooling``), for diagnostics: commands sent through them bypass the
+        store's placement and failure handling."""
         shared = self._shared
         if shared is not None:
             return shared
         try:
-            clients: _Clients = self._local.clients
+            clients: tuple[Any, ...] = self._local.clients
         except AttributeError:
             clients = self._local.clients = self._new_clients()
         return clients
+
+    def server_names(self) -> list[str]:
+        """The servers in ``LOCATION`` order, named as pymemcache's ``HashClient`` names
+        them (``host:port`` or a socket path)."""
+        return list(self._names)
 
     @classmethod
     def from_cache(cls, cache: Any, alias: str | None = None) -> MemcachedByteStore:
@@ -381,7 +435,15 @@ class MemcachedByteStore:
         # Store keys are always 64 hex digits: Django's per-character key check runs once,
         # here (pymemcache still refuses a malformed key on every command).
         cache.validate_key(cache.make_key(KEY_NAMESPACE + "0" * 64))
-        return cls(servers, make_client, cache.make_key, shared=pooled, options=options)
+        limit = options.get("max_pool_size") if pooled else None
+        return cls(
+            servers,
+            make_client,
+            cache.make_key,
+            shared=pooled,
+            options=options,
+            max_pool_size=limit if isinstance(limit, int) and limit > 0 else None,
+        )
 
     def _key(self, key: str) -> str:
         return str(self._make_key(KEY_NAMESPACE + key))
@@ -406,7 +468,21 @@ class MemcachedByteStore:
 
     def _run(self, i: int, probe: bool, what: str, command: str, *args: Any, **kw: Any) -> Any:
         """``command`` on server ``i``, keeping the process's view of it up to date."""
-        client = self._client[i]
+        slots = self._slots
+        if slots is None:
+            return self._send(i, probe, what, command, *args, **kw)
+        if not slots[i].acquire(timeout=POOL_WAIT):
+            raise SessionStoreUnavailable(
+                f"memcached server {self._names[i]} could not {what}: no pooled client "
+                f"came free within {POOL_WAIT:g} s (max_pool_size)."
+            )
+        try:
+            return self._send(i, probe, what, command, *args, **kw)
+        finally:
+            slots[i].release()
+
+    def _send(self, i: int, probe: bool, what: str, command: str, *args: Any, **kw: Any) -> Any:
+        client = self.clients()[i]
         try:
             try:
                 answer = getattr(client, command)(*args, **kw)
@@ -428,6 +504,16 @@ class MemcachedByteStore:
             self._health.answered(i)
             raise SessionStoreUnavailable(
                 f"memcached server {self._names[i]} could not {what} ({exc.__class__.__name__})."
+            ) from exc
+        except RuntimeError as exc:
+            if not self._pooled:
+                raise
+            # pymemcache's pool raises RuntimeError("Too many objects ...") when all its
+            # max_pool_size clients are in use (pymemcache 4.0); the slots above keep
+            # this store's own threads from getting there. The server is fine.
+            raise SessionStoreUnavailable(
+                f"memcached server {self._names[i]} could not {what}: every pooled "
+                "client is in use (max_pool_size)."
             ) from exc
         self._health.answered(i)
         return answer
