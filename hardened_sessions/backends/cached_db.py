@@ -27,6 +27,9 @@ records, and every copy is checked like the original on load.
   fill that re-checked the row just before it was deleted); if that delete fails
   the logout answers 503, and such a copy is gone only once a retried logout
   reaches the cache (README, cached_db).
+* inside a caller's transaction: a save's or a fill's copy is written when it commits
+  (never after a rollback), and a delete removes the copy once more after the commit,
+  since other requests read the uncommitted delete's row until then.
 
 The fill marker relies on what every byte store's compare-and-set does: replace a
 value only while it still starts with the version the token names
@@ -36,8 +39,10 @@ value only while it still starts with the version the token names
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from django.conf import settings
+from django.db import connections, transaction
 
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record, peek_version, version_head
@@ -87,6 +92,21 @@ class SessionStore(DBStore):
     def _loaded(self, store_key: str, raw: bytes, rec: Record, token: Token) -> None:
         if token is None:
             return  # read from the cache
+        self._after_commit(lambda: self._fill(store_key, raw, rec))
+
+    def _after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` now, or when a caller's transaction on the session database
+        commits (never, if it rolls back). Inside it, the row may hold this
+        transaction's own uncommitted write, or be deleted but not yet committed: a
+        copy written now could outlive a rollback, or be re-filled by a concurrent load
+        from the committed row until the delete commits."""
+        alias = self._db_write()
+        if connections[alias].in_atomic_block:
+            transaction.on_commit(action, using=alias)
+        else:
+            action()
+
+    def _fill(self, store_key: str, raw: bytes, rec: Record) -> None:
         marker_version, marker = fill_marker()
         try:
             held = self._cache.add(store_key, memoryview(marker), FILL_MARKER_TTL, marker_version)
@@ -131,16 +151,29 @@ class SessionStore(DBStore):
         # fails; a copy of the old version can never outlive this save.
         self._cache.delete(store_key)
         new_token = super()._write_update(store_key, data, rec, token)
-        if (
-            new_token is not None
-            and self._cache.add(store_key, data, ttl_for(rec), rec.version) is None
-        ):
-            # A concurrent load's fill marker: drop it, so that its copy never lands.
-            self._cache.delete(store_key)
+        if new_token is not None:
+            # In a caller's transaction, once it commits (``data`` is the engine's
+            # buffer, reused after this returns: the callback keeps a copy).
+            value = data
+            if connections[self._db_write()].in_atomic_block:
+                value = memoryview(bytes(data))
+
+            def add() -> None:
+                if self._cache.add(store_key, value, ttl_for(rec), rec.version) is None:
+                    # A concurrent load's fill marker or copy: drop it, so that no older
+                    # copy stays.
+                    self._cache.delete(store_key)
+
+            self._after_commit(add)
         return new_token
 
     def _remove(self, store_key: str) -> bool:
         self._cache.delete(store_key)  # raises SessionStoreUnavailable: nothing changed yet
         existed = super()._remove(store_key)
         self._cache.delete(store_key)  # a copy a concurrent load put back meanwhile
+        if connections[self._db_write()].in_atomic_block:
+            # Until a caller's transaction commits, other loads still read the row and
+            # may copy it back: delete again once the delete is committed. A failure
+            # there raises SessionStoreUnavailable out of the commit (503).
+            transaction.on_commit(lambda: self._cache.delete(store_key), using=self._db_write())
         return existed
