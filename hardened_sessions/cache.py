@@ -1,10 +1,11 @@
-"""``RedisClusterCache``: Django's ``RedisCache`` on a Redis Cluster.
+"""``RedisClusterCache``: a Django cache backend on a Redis Cluster.
 
 Neither Django's nor django-redis's cache backend speaks the cluster protocol;
-redis-py's ``RedisCluster`` does. This backend is Django's ``RedisCache`` with
-its client swapped for one ``RedisCluster`` (which discovers the nodes and
-routes each key to its primary), so the session engines (and any other cache
-use) work on a cluster::
+redis-py's ``RedisCluster`` does. This backend is a ``BaseCache`` over one
+``RedisCluster`` client (which discovers the nodes and routes each key to its
+primary), with the values stored as Django's ``RedisCache`` stores them (integers as
+such, anything else pickled, or the ``serializer`` OPTION), so the session engines
+(and any other cache use) work on a cluster::
 
     CACHES = {
         "sessions": {
@@ -17,32 +18,69 @@ use) work on a cluster::
 
 Multi-key operations (``get_many``, ``set_many``, ``delete_many``) are split per
 key, since the keys of one call can live on different nodes; ``clear()``
-flushes every primary.
+flushes every primary. The session engines never use the serializer: they send
+bytes through :meth:`RedisClusterCache.get_client`.
+
+Only Django's public cache API is used (``BaseCache``, the documented base class of
+custom backends); nothing of Django's own ``RedisCache`` internals.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.utils.module_loading import import_string
 
-__all__ = ["RedisClusterCache"]
+__all__ = ["ClusterSerializer", "RedisClusterCache"]
 
 
-class RedisClusterCacheClient(RedisCacheClient):
-    def __init__(self, servers: list[str], **options: Any) -> None:
+class ClusterSerializer:
+    """Values as Django's ``RedisCache`` stores them: an ``int`` as is (so ``incr``
+    works on it), anything else pickled. Only this cache's own values are ever
+    unpickled; the session engines bypass it."""
+
+    def __init__(self, protocol: int | None = None) -> None:
+        self.protocol = pickle.HIGHEST_PROTOCOL if protocol is None else protocol
+
+    def dumps(self, obj: Any) -> Any:
+        if type(obj) is int:  # not bool
+            return obj
+        return pickle.dumps(obj, self.protocol)
+
+    def loads(self, data: Any) -> Any:
+        try:
+            return int(data)
+        except ValueError:
+            return pickle.loads(data)  # noqa: S301 (the cache's own values, as Django's)
+
+
+class RedisClusterCache(BaseCache):
+    def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        if isinstance(server, str):
+            server = [s for s in server.replace(";", ",").split(",") if s]
+        self._seed_nodes = list(server)
+        options = dict(params.get("OPTIONS") or {})
+        # Django's RedisCache options that mean nothing to RedisCluster.
         options.pop("pool_class", None)
         options.pop("parser_class", None)
-        super().__init__(servers, **{k: v for k, v in options.items() if k == "serializer"})
-        self._seed_nodes = list(servers)
-        self._cluster_options = {k: v for k, v in options.items() if k != "serializer"}
+        serializer = options.pop("serializer", None)
+        if isinstance(serializer, str):
+            serializer = import_string(serializer)
+        if callable(serializer):
+            serializer = serializer()
+        self._serializer = serializer or ClusterSerializer()
+        self._cluster_options = options
         self._cluster: Any = None
         self._cluster_lock = threading.Lock()
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
+        """The ``RedisCluster`` client (one per cache object, thread-safe)."""
         if self._cluster is None:
             from redis.cluster import ClusterNode, RedisCluster
 
@@ -55,28 +93,93 @@ class RedisClusterCacheClient(RedisCacheClient):
                     self._cluster = RedisCluster(startup_nodes=nodes, **self._cluster_options)
         return self._cluster
 
-    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+    def close_client(self) -> None:
+        """Close the ``RedisCluster`` client's connections (``close()``, which Django
+        calls after each request, leaves them open, as Django's ``RedisCache`` does)."""
+        with self._cluster_lock:
+            cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.close()
+
+    def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
+        if timeout == DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        # None: no expiry; zero or less: the key is deleted (as Django's RedisCache).
+        return None if timeout is None else max(0, int(timeout))
+
+    def add(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        client = self.get_client(key, write=True)
+        ttl = self.get_backend_timeout(timeout)
+        data = self._serializer.dumps(value)
+        if ttl == 0:
+            created = bool(client.set(key, data, nx=True))
+            if created:
+                client.delete(key)
+            return created
+        return bool(client.set(key, data, ex=ttl, nx=True))
+
+    def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
+        key = self.make_and_validate_key(key, version=version)
+        value = self.get_client(key).get(key)
+        return default if value is None else self._serializer.loads(value)
+
+    def set(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> None:
+        key = self.make_and_validate_key(key, version=version)
+        client = self.get_client(key, write=True)
+        ttl = self.get_backend_timeout(timeout)
+        if ttl == 0:
+            client.delete(key)
+        else:
+            client.set(key, self._serializer.dumps(value), ex=ttl)
+
+    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        client = self.get_client(key, write=True)
+        ttl = self.get_backend_timeout(timeout)
+        if ttl is None:
+            return bool(client.persist(key))
+        return bool(client.expire(key, ttl))
+
+    def delete(self, key: Any, version: Any = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        return bool(self.get_client(key, write=True).delete(key))
+
+    def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
         found = {}
         for key in keys:
-            value = self.get(key, None)
+            value = self.get(key, None, version=version)
             if value is not None:
                 found[key] = value
         return found
 
-    def set_many(self, data: Mapping[Any, Any], timeout: Any) -> None:
+    def has_key(self, key: Any, version: Any = None) -> bool:
+        key = self.make_and_validate_key(key, version=version)
+        return bool(self.get_client(key).exists(key))
+
+    def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        key = self.make_and_validate_key(key, version=version)
+        client = self.get_client(key, write=True)
+        if not client.exists(key):
+            raise ValueError(f"Key '{key}' not found.")
+        return int(client.incr(key, delta))
+
+    def set_many(
+        self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: Any = None
+    ) -> list[Any]:
         for key, value in data.items():
-            self.set(key, value, timeout)
+            self.set(key, value, timeout, version=version)
+        return []
 
-    def delete_many(self, keys: Iterable[Any]) -> Any:
-        return sum(bool(self.delete(key)) for key in keys)
+    def delete_many(self, keys: Iterable[Any], version: Any = None) -> None:
+        for key in keys:
+            self.delete(key, version=version)
 
-    def clear(self) -> bool:
+    def clear(self) -> bool:  # type: ignore[override]  # as Django's RedisCache
         from redis.cluster import RedisCluster
 
         return bool(self.get_client().flushdb(target_nodes=RedisCluster.PRIMARIES))
-
-
-class RedisClusterCache(RedisCache):
-    def __init__(self, server: Any, params: dict[str, Any]) -> None:
-        super().__init__(server, params)
-        self._class = RedisClusterCacheClient

@@ -16,7 +16,9 @@ from django.core.checks import run_checks
 from django.test import override_settings
 
 from hardened_sessions.backends.cache import SessionStore
+from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.stores import store_for_cache
+from hardened_sessions.stores.redis import _checkout as checkout  # redis-py 4 and 8 alike
 from tests.servers import Server, cache_settings, sessions_cache
 
 CACHE_ENGINE = "hardened_sessions.backends.cache"
@@ -37,8 +39,8 @@ def test_memcached_sockets_have_tcp_nodelay_even_when_options_leave_it_off(
             session["n"] = n
             session.save()
             assert SessionStore(session.session_key)["n"] == n
-        client: Any = store_for_cache(alias)._client  # type: ignore[attr-defined]
-        sockets = [member.sock for member in client.clients.values() if member.sock]
+        store: Any = store_for_cache(alias)
+        sockets = [client.sock for client in store.clients() if client.sock]
         assert len(sockets) == len(memcached_servers)
         assert all(nodelay(sock) for sock in sockets)
 
@@ -51,13 +53,145 @@ def test_redis_sockets_have_tcp_nodelay(variant: str, redis_server: Server) -> N
         session.save()
         assert SessionStore(session.session_key)["k"] == "v"
         store: Any = store_for_cache("sessions")
-        # The engine's own per-thread connection, and any the pool made.
+        # The connection the engine just used went back to its client's pool.
         pool = store._client().connection_pool
-        connections = list(pool._available_connections) + list(pool._in_use_connections)
-        connections.append(store._local.conn)
-        sockets = [c._sock for c in connections if c._sock is not None]
-        assert store._local.conn._sock in sockets
-        assert all(nodelay(sock) for sock in sockets)
+        conn = checkout(pool)
+        try:
+            assert conn._sock is not None  # the socket of redis-py's connection (test only)
+            assert nodelay(conn._sock)
+        finally:
+            pool.release(conn)
+
+
+def _pool_options(variant: str, **options: Any) -> dict[str, Any]:
+    if variant == "django-redis":
+        return {"CONNECTION_POOL_KWARGS": options}
+    return options
+
+
+@pytest.mark.parametrize("variant", ["django-redis", "django-rediscache"])
+def test_the_engine_takes_every_redis_connection_from_the_caches_pool(
+    variant: str, redis_server: Server
+) -> None:
+    """``max_connections`` bounds the engine's connections: long-lived worker threads share
+    the pool's connections (and wait or answer 503 when it is exhausted), instead of
+    keeping a connection each outside it."""
+    import threading
+
+    import redis
+
+    name = f"hs-pool-{variant}"
+    options = _pool_options(variant, max_connections=2, client_name=name)
+    config = cache_settings(variant, redis=redis_server, options=options)
+    admin = redis.Redis(host=redis_server.host, port=redis_server.port)
+    seen: list[int] = []
+    ok: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def connections() -> int:
+        return sum(1 for c in admin.client_list() if c.get("name") == name)
+
+    def work() -> None:
+        for n in range(40):
+            try:
+                session = SessionStore()
+                session["n"] = n
+                session.save()
+                assert SessionStore(session.session_key)["n"] == n
+                session.delete()
+                ok.append(n)
+            except SessionStoreUnavailable:
+                pass  # the pool is exhausted: a 503, never another connection
+            except BaseException as exc:
+                errors.append(exc)
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(connections())
+            stop.wait(0.005)
+
+    try:
+        with sessions_cache(config, SESSION_ENGINE=CACHE_ENGINE):
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            workers = [threading.Thread(target=work) for _ in range(8)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(timeout=60)
+            stop.set()
+            watcher.join()
+            seen.append(connections())
+    finally:
+        admin.close()
+    assert not errors, errors[:3]
+    assert ok, "no operation went through"
+    assert max(seen) <= 2, f"{max(seen)} connections with max_connections=2"
+
+
+try:
+    from redis.connection import DefaultParser as _DefaultParser
+except ImportError:  # pragma: no cover
+    _DefaultParser = object  # type: ignore[assignment,misc]
+
+
+class ChosenParser(_DefaultParser):  # type: ignore[misc,valid-type]
+    """A ``parser_class`` option given by dotted path."""
+
+
+# Options Django's RedisCache reads itself or hands to its pool, in the shapes its docs
+# show (dotted paths and classes), on the URLs of LOCATION.
+_DJANGO_OPTIONS = [
+    {},
+    {"socket_timeout": 1.5, "socket_connect_timeout": 2, "health_check_interval": 10},
+    {"pool_class": "redis.BlockingConnectionPool", "max_connections": 7, "timeout": 3},
+    {"parser_class": "tests.test_store_clients.ChosenParser", "retry_on_timeout": True},
+    {"serializer": "django.core.cache.backends.redis.RedisSerializer", "client_name": "x"},
+]
+
+
+def _plain(kwargs: dict[str, Any], ignored: set[str]) -> dict[str, Any]:
+    """Connection settings as comparable values: data as is, helper objects that redis-py
+    makes per pool (retry policy, notification handlers) by their type."""
+    plain = (str, bytes, int, float, bool, type, type(None))
+    return {
+        k: v if isinstance(v, plain) else type(v) for k, v in kwargs.items() if k not in ignored
+    }
+
+
+@pytest.mark.parametrize("options", _DJANGO_OPTIONS, ids=range(len(_DJANGO_OPTIONS)))
+@pytest.mark.parametrize("location", ["one", "two-urls", "list"])
+def test_djangos_rediscache_pool_is_built_as_django_builds_it(
+    options: dict[str, Any], location: str, redis_server: Server
+) -> None:
+    """Django's RedisCache has no public accessor for its client; the engine builds its
+    own pool from ``settings.CACHES`` (stores/redis.py ``django_primary_client``). This
+    compares that pool with the primary pool Django builds from the same settings,
+    through Django's private attributes (here only, in a test): when a Django release
+    reads OPTIONS or LOCATION differently, this fails."""
+    from django.core.cache import caches
+
+    url = f"redis://:pw@{redis_server.host}:{redis_server.port}/3"
+    other = f"redis://{redis_server.host}:{redis_server.port}/4"
+    config: dict[str, Any] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": {"one": url, "two-urls": f"{url},{other}", "list": [url, other]}[location],
+        "OPTIONS": dict(options),
+    }
+    with sessions_cache(config, SESSION_ENGINE=CACHE_ENGINE) as alias:
+        mine = store_for_cache(alias)._client().connection_pool  # type: ignore[attr-defined]
+        django = caches[alias]._cache.get_client(None, write=True).connection_pool  # type: ignore[attr-defined]
+        assert type(mine) is type(django)
+        assert mine.connection_class is django.connection_class
+        assert mine.max_connections == django.max_connections
+        # Django 6.1 adds a client name (driver_info / lib_name): identification only.
+        ignored = {"driver_info", "lib_name"}
+        assert _plain(mine.connection_kwargs, ignored) == _plain(django.connection_kwargs, ignored)
+        assert mine.connection_kwargs["db"] == 3
+        assert mine.connection_kwargs["password"] == "pw"  # noqa: S105
+        if "timeout" in options:
+            assert mine.timeout == django.timeout == options["timeout"]
 
 
 def _e010(**settings: Any) -> list[Any]:
@@ -129,10 +263,126 @@ def test_memcached_clients_are_per_thread_unless_pooled(
         config["OPTIONS"]["use_pooling"] = True
     with sessions_cache(config, SESSION_ENGINE=CACHE_ENGINE) as alias:
         store: Any = store_for_cache(alias)
-        mine = store._client
-        assert store._client is mine
+        mine = store.clients()
+        assert store.clients() is mine
         seen: list[Any] = []
-        thread = threading.Thread(target=lambda: seen.append(store._client))
+        thread = threading.Thread(target=lambda: seen.append(store.clients()))
         thread.start()
         thread.join()
         assert (seen[0] is mine) is pooled
+
+
+class BlackHole:
+    """A server that accepts connections and reads, but never answers (a hung memcached):
+    a command sent to it holds its client until the client's timeout."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.received = threading.Event()
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+
+    def _swallow(self, conn: socket.socket) -> None:
+        try:
+            while conn.recv(4096):
+                self.received.set()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        from contextlib import suppress
+
+        with suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
+        self.listener.close()
+        for conn in self.accepted:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self.thread.join(5)
+
+
+def _hold_the_pool(load: Any, hole: BlackHole) -> tuple[Any, list[BaseException]]:
+    """A thread whose command hangs on ``hole``, holding the only pooled client."""
+    import threading
+
+    outcome: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            load()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert hole.received.wait(10), "the first command never reached the server"
+    return holder, outcome
+
+
+def test_an_exhausted_memcached_pool_answers_503_not_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``use_pooling`` and ``max_pool_size``, a thread that finds every pooled client
+    busy waits for one (``POOL_WAIT``), then fails closed with
+    ``SessionStoreUnavailable`` (503), never pymemcache's ``RuntimeError`` (500)."""
+    from hardened_sessions.stores import memcached
+
+    monkeypatch.setattr(memcached, "POOL_WAIT", 0.2)
+    hole = BlackHole()
+    config = {
+        "BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache",
+        "LOCATION": hole.address,
+        "OPTIONS": {"use_pooling": True, "max_pool_size": 1, "timeout": 30},
+    }
+    try:
+        with sessions_cache(config, SESSION_ENGINE=CACHE_ENGINE):
+            key = "a" * 32
+            holder, outcome = _hold_the_pool(lambda: SessionStore(key).load(), hole)
+            with pytest.raises(SessionStoreUnavailable, match="max_pool_size"):
+                SessionStore(key).load()
+            hole.close()  # the held command fails now: a 503 as well
+            holder.join(10)
+            assert [type(exc) for exc in outcome] == [SessionStoreUnavailable]
+    finally:
+        hole.close()
+
+
+def test_pymemcaches_pool_exhaustion_is_a_store_failure() -> None:
+    """pymemcache's ``PooledClient`` raises ``RuntimeError("Too many objects ...")`` when
+    its pool is exhausted (pymemcache 4.0): the store answers ``SessionStoreUnavailable``
+    for it, whoever else took the pool's clients. If a pymemcache release raises another
+    exception there, or waits, this fails."""
+    from pymemcache import PooledClient
+
+    from hardened_sessions.stores.memcached import MemcachedByteStore
+
+    hole = BlackHole()
+    host, port = hole.address.split(":")
+    pooled = PooledClient((host, int(port)), max_pool_size=1, timeout=30)
+    # No max_pool_size given to the store: nothing keeps its threads from the pool's limit.
+    store = MemcachedByteStore([(host, int(port))], lambda server: pooled, str, shared=True)
+    try:
+        holder, outcome = _hold_the_pool(lambda: store.get("0" * 64), hole)
+        with pytest.raises(SessionStoreUnavailable, match="in use") as caught:
+            store.get("1" * 64)
+        assert isinstance(caught.value.__cause__, RuntimeError)
+        hole.close()
+        holder.join(10)
+        assert [type(exc) for exc in outcome] == [SessionStoreUnavailable]
+    finally:
+        hole.close()
+        pooled.close()

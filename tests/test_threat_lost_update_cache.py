@@ -19,6 +19,7 @@ from django.contrib.sessions.backends.base import UpdateError
 from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.stores import store_for_cache
+from hardened_sessions.stores.redis import _checkout as checkout  # redis-py 4 and 8 alike
 from tests.helpers import new_session
 from tests.servers import RawCache, servers_for, variant_cache
 
@@ -145,9 +146,9 @@ def test_a_save_sends_the_record_outside_the_script(redis_cache: RawCache) -> No
     sent: list[tuple[Any, ...]] = []
     real = store._execute
 
-    def spy(commands: Any) -> Any:
+    def spy(commands: Any, **kwargs: Any) -> Any:
         sent.extend(commands)
-        return real(commands)
+        return real(commands, **kwargs)
 
     key = new_session(SessionStore, {"blob": "x" * 20_000})
     store._execute = spy
@@ -195,25 +196,32 @@ def test_a_failed_batch_leaves_no_reply_for_the_next_command(redis_cache: RawCac
 
 
 def loaded_over_redis(redis_cache: RawCache) -> tuple[Any, str, Any]:
-    """The store, the key of a session {"n": 1} loaded once, and this thread's connection."""
+    """The store, the key of a session {"n": 1} loaded once, and the client's pool."""
     store: Any = store_for_cache(redis_cache.alias)
     key = new_session(SessionStore, {"n": 1})
-    assert SessionStore(key)["n"] == 1  # this thread's connection is open now
-    return store, key, store._local.conn
+    assert SessionStore(key)["n"] == 1  # a connection of the pool is open now
+    return store, key, store._client().connection_pool
 
 
-def test_each_thread_talks_over_a_connection_of_its_own(redis_cache: RawCache) -> None:
-    store, key, mine = loaded_over_redis(redis_cache)
+def test_threads_share_the_pools_connections(redis_cache: RawCache) -> None:
+    """Every command goes over a connection checked out of the client's pool and given
+    back (so max_connections, health checks and Sentinel's handling apply): a thread
+    that runs after another reuses its connection instead of keeping one of its own."""
+    store, key, pool = loaded_over_redis(redis_cache)
+    idle = checkout(pool)  # the connection the load gave back
+    pool.release(idle)
     seen: list[Any] = []
 
     def other_thread() -> None:
         assert SessionStore(key)["n"] == 1
-        seen.append(store._local.conn)
+        conn = checkout(pool)
+        seen.append(conn)
+        pool.release(conn)
 
     thread = threading.Thread(target=other_thread)
     thread.start()
     thread.join(THREAD_TIMEOUT)
-    assert seen and seen[0] is not mine
+    assert seen and seen[0] is idle
 
 
 def test_a_connection_the_server_closed_is_replaced_before_use(redis_cache: RawCache) -> None:
@@ -237,15 +245,18 @@ def test_a_connection_the_server_closed_is_replaced_before_use(redis_cache: RawC
 def test_a_forked_child_opens_its_own_connection(redis_cache: RawCache) -> None:
     import os
 
-    store, key, parent_conn = loaded_over_redis(redis_cache)
+    store, key, pool = loaded_over_redis(redis_cache)
+    parent_conn = checkout(pool)
+    pool.release(parent_conn)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, never return into pytest
         status = 1
         try:
-            fresh = getattr(store._local, "conn", None) is None
-            ok = SessionStore(key)["n"] == 1 and store._local.conn is not parent_conn
-            os.write(write, b"ok" if fresh and ok else b"no")
+            ok = SessionStore(key)["n"] == 1
+            conn = checkout(pool)  # the pool started afresh in this process
+            ok = ok and conn is not parent_conn and pool.pid == os.getpid()
+            os.write(write, b"ok" if ok else b"no")
             status = 0
         finally:
             os._exit(status)
@@ -255,5 +266,7 @@ def test_a_forked_child_opens_its_own_connection(redis_cache: RawCache) -> None:
     _, status = os.waitpid(pid, 0)
     assert status == 0 and answer == b"ok"
     # The parent's connection is untouched and in step.
-    assert store._local.conn is parent_conn
+    conn = checkout(pool)
+    pool.release(conn)
+    assert conn is parent_conn
     assert SessionStore(key)["n"] == 1

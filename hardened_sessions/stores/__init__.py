@@ -139,7 +139,7 @@ def store_for_cache(alias: str) -> ByteStore:
     if kind == "redis":
         from .redis import RedisByteStore
 
-        store = RedisByteStore.from_cache(cache)
+        store = RedisByteStore.from_cache(cache, alias)
     elif kind == "memcached":
         from .memcached import MemcachedByteStore
 

@@ -33,32 +33,43 @@ short-lived tombstone named with a nonce of the call, and answers "deleted" when
 finds its own tombstone; a create that finds the key taken checks whether the stored
 record's signature is its own.
 
-The hot commands (load, save, create, delete) skip redis-py's per-command layers and
-its pool checkout, which cost about 15 µs each a command: each thread keeps a
-connection built like the client's pool builds its own (same class and settings), with
-the connection's own retry policy and health checks; a forked child starts afresh. A
-save sends two commands in one write: ``SET`` of the new record under a staging key
-that expires within a minute, then the compare-and-set script, which renames the
-staging key over the record when the version still matches (and deletes it
-otherwise). So the record's bytes never pass through Lua, which doubled the cost of
-a 40 KiB save. Redis Cluster clients have no single pool and keep redis-py's command
-path, with the record as a script argument.
+The hot commands (load, save, create, delete) skip redis-py's per-command layers: each
+takes a connection out of the client's own pool (``get_connection()``; so the pool's
+``max_connections``, its health check at checkout, Sentinel's replacement of connections
+to a demoted primary, TLS and a forked child's fresh start all apply), sends its commands
+packed in one write (``pack_commands`` / ``send_packed_command``), reads the replies
+(``read_response``) and gives the connection back (``release()``). A connection whose
+replies were not all read is disconnected before it goes back. A save sends two commands
+in one write: ``SET`` of the new record under a staging key that expires within a minute,
+then the compare-and-set script, which renames the staging key over the record when the
+version still matches (and deletes it otherwise). So the record's bytes never pass
+through Lua, which doubled the cost of a 40 KiB save. Redis Cluster clients have no
+single pool and keep redis-py's command path, with the record as a script argument.
+
+Replication (``HARDENED_SESSIONS["REDIS_WAIT_REPLICAS"]``): Redis acknowledges a write
+before any replica has it, so a failover can lose it. With the setting, every write of a
+session record (create, save, delete, so logout, rotation and revoke) is followed, in
+the same round trip and on the same connection, by ``WAIT replicas timeout``; when fewer
+replicas confirm it in time the call fails closed (``SessionStoreUnavailable``, a 503):
+the write may still be undone by a failover, so it is never reported as done. On Redis
+Cluster such writes go over the pool of the slot owner's own client
+(``get_node_from_key`` / ``get_redis_connection``), as ``RedisCluster``'s command path
+cannot keep ``WAIT`` on the write's connection; a "moved" answer (the node refused the
+command) sends it once to the owner named there.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import inspect
 import random
-import threading
-import weakref
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import MovedError, NoScriptError, RedisError
 
+from ..conf import get_config
 from ..exceptions import SessionStoreUnavailable
 from ..record import version_head
 from . import KEY_NAMESPACE, UnsupportedCache
@@ -198,16 +209,13 @@ return 1
 
 # SHA-1 of each script's source, as EVALSHA names it.
 _SHAS: dict[str, str] = {}
-# Stores with per-thread connections, which a forked child must not inherit.
-_LIVE_STORES: weakref.WeakSet[RedisByteStore] = weakref.WeakSet()
+# Whether a pool class's get_connection() takes no command name (redis-py 5.3 and later
+# deprecate it; earlier releases require one, and ignore it).
+_CHECKOUT_WITHOUT_NAME: dict[type, bool] = {}
 
 
-def _after_fork_in_child() -> None:
-    for store in list(_LIVE_STORES):
-        store._forget_connections()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+class ReplicationUnconfirmed(RedisError):
+    """``WAIT`` reported fewer replicas holding a write than the settings ask for."""
 
 
 def _unavailable(exc: Exception, what: str) -> SessionStoreUnavailable:
@@ -231,6 +239,55 @@ def _nonce() -> str:
     return f"{random.getrandbits(64):016x}"  # noqa: S311
 
 
+def _checkout(pool: Any) -> Any:
+    """A connection out of ``pool``, connected and checked by the pool (public API)."""
+    without_name = _CHECKOUT_WITHOUT_NAME.get(type(pool))
+    if without_name is None:
+        params = list(inspect.signature(pool.get_connection).parameters.values())
+        without_name = not params or params[0].default is not inspect.Parameter.empty
+        _CHECKOUT_WITHOUT_NAME[type(pool)] = without_name
+    return pool.get_connection() if without_name else pool.get_connection("GET")
+
+
+def django_primary_client(alias: str) -> Any:
+    """A redis-py client, over a connection pool of its own, for the primary (the first
+    ``LOCATION``) of Django's ``RedisCache`` named ``alias``.
+
+    Django's ``RedisCache`` offers no public way to its redis-py client or pools
+    (checked: Django 5.2, 6.0 and 6.1, ``django/core/cache/backends/redis.py``; both are
+    private attributes of the backend). So the pool is built here from the cache's public
+    configuration, ``settings.CACHES[alias]``, as Django documents it and as its
+    ``RedisCacheClient`` reads it: ``LOCATION`` one URL or several (a list, or a string
+    split at ``,`` and ``;``), the first one the primary; ``OPTIONS`` ``pool_class``
+    (default ``redis.ConnectionPool``) and ``parser_class`` (default redis-py's default
+    parser), dotted paths or classes; ``serializer`` is the cache's own business (this
+    store sends bytes); every other option goes to ``pool_class.from_url()``. Django 6.1
+    adds only a client name (``driver_info`` / ``lib_name``), left out here.
+    ``tests/test_store_clients.py`` compares these pools with the ones Django builds, so a
+    change in Django's reading of OPTIONS fails there.
+
+    The pool is the session store's own: its ``max_connections`` (an OPTION) bounds the
+    store's connections, and Django's cache keeps its own pool for other uses.
+    """
+    import redis
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    config: dict[str, Any] = settings.CACHES[alias]
+    location = config.get("LOCATION", "")
+    servers = re.split("[;,]", location) if isinstance(location, str) else list(location)
+    options: dict[str, Any] = dict(config.get("OPTIONS") or {})
+    options.pop("serializer", None)
+    pool_class = options.pop("pool_class", None) or redis.ConnectionPool
+    parser_class = options.pop("parser_class", None) or redis.connection.DefaultParser
+    if isinstance(pool_class, str):
+        pool_class = import_string(pool_class)
+    if isinstance(parser_class, str):
+        parser_class = import_string(parser_class)
+    pool = pool_class.from_url(servers[0], parser_class=parser_class, **options)
+    return redis.Redis(connection_pool=pool)
+
+
 class RedisByteStore:
     def __init__(
         self,
@@ -243,11 +300,11 @@ class RedisByteStore:
         self._make_key = make_key
         self.supports_user_index = supports_user_index
         self._scripts: dict[str, Any] = {}
-        # Clients with one connection pool take the lean path (module docstring).
-        self._lean = hasattr(client(), "connection_pool")
-        self._local = threading.local()
-        if self._lean:
-            _LIVE_STORES.add(self)
+        # Clients with one connection pool take the lean path (module docstring). The
+        # pool is the client's for good (django-redis keeps one pool per URL and process,
+        # Sentinel's included, also across its close(); Django's comes from the settings).
+        self._pool: Any = getattr(client(), "connection_pool", None)
+        self._lean = self._pool is not None
         self._record_key_template = self._template()
 
     def _template(self) -> tuple[str, str] | None:
@@ -265,14 +322,18 @@ class RedisByteStore:
         return prefix, suffix
 
     @classmethod
-    def from_cache(cls, cache: Any) -> RedisByteStore:
+    def from_cache(cls, cache: Any, alias: str) -> RedisByteStore:
         # Store keys are always 64 hex digits: validate the shape once here instead of
         # running Django's per-character memcached-compatibility check on every command.
         cache.validate_key(cache.make_key(KEY_NAMESPACE + "0" * 64))
         make_key = cache.make_key
-        module = type(cache).__module__
-        if module.startswith("django_redis"):
-            client = cache.client
+        from ..cache import RedisClusterCache
+
+        if isinstance(cache, RedisClusterCache):
+            cluster = cache.get_client(write=True)
+            return cls(lambda: cluster, make_key, supports_user_index=False)
+        if type(cache).__module__.startswith("django_redis"):
+            client = cache.client  # django-redis's public client object
             if type(client).__name__ == "ShardClient":
                 raise UnsupportedCache(
                     "django-redis's ShardClient spreads keys over servers by itself, and "
@@ -280,23 +341,8 @@ class RedisByteStore:
                     "Redis Cluster (hardened_sessions.cache.RedisClusterCache) instead."
                 )
             return cls(lambda: client.get_client(write=True), make_key)
-        inner = cache._cache  # Django's RedisCacheClient (or the cluster one)
-        from ..cache import RedisClusterCacheClient
-
-        # Django builds a new Redis object (over its shared pool) on every get_client();
-        # one is enough: it is thread-safe and the pool is the cache's own.
-        primary: list[Any] = []
-
-        def primary_client() -> Any:
-            if not primary:
-                primary.append(inner.get_client(None, write=True))
-            return primary[0]
-
-        return cls(
-            primary_client,
-            make_key,
-            supports_user_index=not isinstance(inner, RedisClusterCacheClient),
-        )
+        primary = django_primary_client(alias)
+        return cls(lambda: primary, make_key)
 
     def _key(self, key: str) -> str:
         return str(self._make_key(KEY_NAMESPACE + key))
@@ -330,63 +376,92 @@ class RedisByteStore:
             script = self._scripts[name] = client.register_script(source)
         return script(keys=keys, args=args, client=client)
 
+    def _waiting_node(self, record_key: str) -> Any:
+        """On Redis Cluster with ``REDIS_WAIT_REPLICAS``: the client of the primary that
+        holds ``record_key`` (``WAIT`` must follow the write on the same connection, which
+        ``RedisCluster``'s command path does not offer); else ``None``. A write that meets
+        a moved slot fails (503) and the cluster client learns the new owner at its next
+        command."""
+        if self._lean or not get_config().redis_wait_replicas:
+            return None
+        cluster = self._client()
+        return cluster.get_redis_connection(cluster.get_node_from_key(record_key))
+
     def _keys(self, key: str, user: str | None) -> list[str]:
         keys = [self._key(key)]
         if user is not None and self.supports_user_index:
             keys.append(self._index_key(user))
         return keys
 
-    def _connection(self) -> Any:
-        """This thread's connection to the primary, ready to send.
-
-        Built like the pool's own connections (same class and settings, so Sentinel,
-        TLS, timeouts, health checks and retries apply), but kept per thread instead of
-        checked out of the pool per command, which costs redis-py about 15 µs. As the
-        pool does at checkout, a connection with unexpected data or a closed socket is
-        dropped and reconnects before it is used.
-        """
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            pool = self._client().connection_pool
-            conn = self._local.conn = pool.connection_class(**pool.connection_kwargs)
-        elif conn._sock is not None:  # connected (``is_connected`` is new in redis-py 5)
-            try:
-                stale = conn.can_read()
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                stale = True
-            if stale:
-                conn.disconnect()
-        return conn
-
-    def _forget_connections(self) -> None:
-        # In a forked child the parent's sockets must not be used (nor closed).
-        self._local = threading.local()
-
-    def _execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Replies to ``commands``, sent in one write over this thread's connection.
+    def _execute(
+        self, commands: Sequence[tuple[Any, ...]], *, write: bool = False, node: Any = None
+    ) -> list[Any]:
+        """Replies to ``commands``, sent in one write over a connection of the client's
+        pool; with ``write`` and ``REDIS_WAIT_REPLICAS`` set, followed by ``WAIT``
+        (``ReplicationUnconfirmed`` when too few replicas confirm).
 
         The connection's retry policy applies as in redis-py's own command path (every
         command sent here is safe to re-send: see the module docstring); any other
-        failure drops the connection, so no reply is ever left for the next command.
+        failure drops the connection, so no reply is ever left for the next user.
+        ``node``: a Redis Cluster node's client, whose pool is used instead; when that
+        node answers that the slot has moved (a failover, a resharding), it refused the
+        commands, so they go once to the owner its answer names.
         """
-        conn = self._connection()
+        if node is None:
+            return self._send(self._pool, commands, write)
+        try:
+            return self._send(node.connection_pool, commands, write)
+        except MovedError as moved:
+            cluster = self._client()
+            owner = cluster.get_node(host=moved.host, port=moved.port)
+            if owner is None:
+                raise
+            return self._send(cluster.get_redis_connection(owner).connection_pool, commands, write)
+
+    def _send(self, pool: Any, commands: Sequence[tuple[Any, ...]], write: bool) -> list[Any]:
+        wait = get_config().redis_wait_replicas if write else 0
+        if wait:
+            commands = [*commands, ("WAIT", wait, get_config().redis_wait_timeout_ms)]
+        conn = _checkout(pool)
         try:
             packed = b"".join(conn.pack_commands(commands))
+            retried = False
 
             def attempt() -> list[Any]:
-                if conn._sock is None:
-                    # The class's own connect(): a Sentinel-managed connection asks the
-                    # sentinels for the primary there (sending would not).
+                nonlocal retried
+                if retried:
+                    # The pool handed the connection out connected; a retry reconnects
+                    # it (a Sentinel-managed connection asks the sentinels there).
                     conn.connect()
+                retried = True
                 conn.send_packed_command([packed])
                 return [conn.read_response() for _ in commands]
 
-            return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())  # type: ignore[no-any-return]
+            replies: list[Any] = conn.retry.call_with_retry(
+                attempt, lambda _error: conn.disconnect()
+            )
         except BaseException:
             conn.disconnect()
             raise
+        finally:
+            pool.release(conn)
+        if wait:
+            confirmed = replies.pop()
+            if not isinstance(confirmed, int) or confirmed < wait:
+                raise ReplicationUnconfirmed(
+                    f"{confirmed} of {wait} replicas confirmed the write in time"
+                )
+        return replies
 
-    def _evalsha(self, source: str, commands: list[tuple[Any, ...]], scripts: int = 1) -> list[Any]:
+    def _evalsha(
+        self,
+        source: str,
+        commands: list[tuple[Any, ...]],
+        scripts: int = 1,
+        *,
+        write: bool = False,
+        node: Any = None,
+    ) -> list[Any]:
         """``_execute`` of commands whose last ``scripts`` ones run the script ``source``
         (given as ``(numkeys, *keys, *args)``); the script is loaded on NOSCRIPT and all
         the commands sent again, which each of them is safe to be."""
@@ -395,10 +470,11 @@ class RedisByteStore:
         for i in range(len(commands) - scripts, len(commands)):
             commands[i] = ("EVALSHA", sha, *commands[i])
         try:
-            return self._execute(commands)
+            return self._execute(commands, write=write, node=node)
         except NoScriptError:
+            # RedisCluster loads it on every primary (the slot's owner may have changed).
             self._client().script_load(source)
-            return self._execute(commands)
+            return self._execute(commands, write=write, node=node)
 
     def _batch(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Replies to ``commands`` (reads), pipelined."""
@@ -428,8 +504,11 @@ class RedisByteStore:
         signature = bytes(value[-_SIGNATURE_TAIL:])
         try:
             if len(keys) == 1:
-                if self._lean:
-                    (created,) = self._execute((("SET", keys[0], value, "EX", ttl, "NX"),))
+                node = self._waiting_node(keys[0])
+                if self._lean or node is not None:
+                    (created,) = self._execute(
+                        (("SET", keys[0], value, "EX", ttl, "NX"),), write=True, node=node
+                    )
                 else:
                     created = self._client().set(keys[0], bytes(value), ex=ttl, nx=True)
             else:
@@ -439,7 +518,9 @@ class RedisByteStore:
                 rank = random.getrandbits(31)  # noqa: S311 (spreads the check, no secret)
                 args = [ttl, key, prefix, suffix, sample, rank]
                 if self._lean:
-                    (created,) = self._evalsha(ADD_SCRIPT, [(len(keys), *keys, value, *args)])
+                    (created,) = self._evalsha(
+                        ADD_SCRIPT, [(len(keys), *keys, value, *args)], write=True
+                    )
                 else:
                     created = self._run_script("add", ADD_SCRIPT, keys, [bytes(value), *args])
             if not created:
@@ -492,6 +573,14 @@ class RedisByteStore:
                         ("SET", staging, value, "EX", STAGING_TTL),
                         (len(keys) + 1, keys[0], staging, *keys[1:], head, ttl, key),
                     ],
+                    write=True,
+                )
+            elif (node := self._waiting_node(keys[0])) is not None:
+                (outcome,) = self._evalsha(
+                    CAS_SCRIPT,
+                    [(len(keys), *keys, bytes(value), ttl, head, key)],
+                    write=True,
+                    node=node,
                 )
             else:
                 outcome = self._run_script("cas", CAS_SCRIPT, keys, [bytes(value), ttl, head, key])
@@ -514,7 +603,9 @@ class RedisByteStore:
                 chunk = record_keys[start : start + BATCH]
                 if self._lean:
                     commands = [(2, k, self._tombstone(k), TOMBSTONE_TTL) for k in chunk]
-                    replies = self._evalsha(DELETE_SCRIPT, commands, scripts=len(commands))
+                    replies = self._evalsha(
+                        DELETE_SCRIPT, commands, scripts=len(commands), write=True
+                    )
                 else:
                     replies = [self._delete_one(k) for k in chunk]
                 deleted.extend(bool(reply) for reply in replies)
@@ -524,6 +615,14 @@ class RedisByteStore:
 
     def _delete_one(self, record_key: str) -> int:
         tombstone = self._tombstone(record_key)
+        node = self._waiting_node(record_key)
+        if node is not None:
+            if tombstone is None:
+                (deleted,) = self._execute([("DEL", record_key)], write=True, node=node)
+            else:
+                command = (2, record_key, tombstone, TOMBSTONE_TTL)
+                (deleted,) = self._evalsha(DELETE_SCRIPT, [command], write=True, node=node)
+            return int(deleted)
         if tombstone is None:
             # No same-slot name for a tombstone: a plain DEL (README, Redis Cluster).
             return int(self._client().delete(record_key))
