@@ -21,6 +21,7 @@ from django.shortcuts import resolve_url
 from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
+from django.views.decorators.clickjacking import xframe_options_deny
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.generic.edit import FormView
@@ -47,7 +48,12 @@ __all__ = [
 ]
 
 
-@method_decorator([sensitive_post_parameters("password"), csrf_protect, never_cache], "dispatch")
+# Never framed, as the "your sessions" pages: a framed password form is what a
+# clickjacking page disguises, with or without XFrameOptionsMiddleware.
+@method_decorator(
+    [sensitive_post_parameters("password"), csrf_protect, never_cache, xframe_options_deny],
+    "dispatch",
+)
 class ReauthView(FormView):
     form_class: Any = PasswordReauthForm
     template_name = "hardened_sessions/reauth.html"
