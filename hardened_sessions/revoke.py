@@ -20,7 +20,7 @@ from django.db import router
 from django.utils import timezone
 
 from . import keys, record
-from .signals import session_revoked
+from .signals import Reason, emit, reason_and_description, session_revoked
 
 __all__ = ["revoke_sessions", "revoke_user_sessions", "user_sessions"]
 
@@ -144,11 +144,15 @@ def user_sessions(user: Any) -> list[Any]:
 def revoke_sessions(
     key_hashes: Iterable[str],
     *,
-    reason: str = "revoked",
+    reason: str = Reason.REVOKED,
+    description: str | None = None,
     user_ids: Mapping[str, str | None] | None = None,
 ) -> int:
     """End the sessions stored under these key hashes; return how many were ended.
-    ``user_ids`` (key hash -> user pk) names the users in the ``session_revoked`` signals."""
+    ``user_ids`` (key hash -> user pk) names the users in the ``session_revoked`` signals.
+    ``reason`` is a :class:`~hardened_sessions.signals.Reason`; a free text is taken as
+    the ``description`` of ``Reason.REVOKED``."""
+    reason, description = reason_and_description(reason, description)
     store_class = _store_class()
     users = user_ids or {}
     targets = list(dict.fromkeys(key_hashes))
@@ -156,20 +160,29 @@ def revoke_sessions(
     for key_hash, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
         if was_ended:
             ended += 1
-            session_revoked.send(
-                sender=store_class,
+            emit(
+                session_revoked,
+                store_class,
                 key_hash_prefix=key_hash[:8],
                 user_id=users.get(key_hash),
                 reason=reason,
+                description=description,
             )
     return ended
 
 
-def revoke_user_sessions(user: Any, *, keep: str | None = None, reason: str = "revoked") -> int:
+def revoke_user_sessions(
+    user: Any,
+    *,
+    keep: str | None = None,
+    reason: str = Reason.REVOKED,
+    description: str | None = None,
+) -> int:
     """End every session of ``user`` (a user object or its pk) except the one whose
     session key is ``keep``; return how many were ended (sessions this call deleted, not
     ones found gone). Raises ``NotImplementedError`` where the cache engine keeps no
-    per-user index."""
+    per-user index. ``reason`` and ``description`` as for :func:`revoke_sessions`."""
+    reason, description = reason_and_description(reason, description)
     store_class = _store_class()
     pk = _user_pk(user)
     keep_hash = keys.store_key(keep) if keys.is_well_formed(keep) and keep else None
@@ -194,13 +207,18 @@ def revoke_user_sessions(user: Any, *, keep: str | None = None, reason: str = "r
     for key_hash, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
         if was_ended and key_hash in live_hashes:
             ended += 1
-            session_revoked.send(
-                sender=store_class, key_hash_prefix=key_hash[:8], user_id=pk, reason=reason
+            emit(
+                session_revoked,
+                store_class,
+                key_hash_prefix=key_hash[:8],
+                user_id=pk,
+                reason=reason,
+                description=description,
             )
     if index is not None:
         index.forget_members(pk, [*ended_meanwhile, *targets])
     if ended:
-        logger.info("Ended %d session(s) of user %s (%s).", ended, pk, reason)
+        logger.info("Ended %d session(s) of user %s (%s).", ended, pk, description)
     return ended
 
 
@@ -222,7 +240,7 @@ def password_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
     session = current_session.get()
     keep = getattr(session, "session_key", None)
     try:
-        revoke_user_sessions(instance, keep=keep, reason="password changed")
+        revoke_user_sessions(instance, keep=keep, reason=Reason.PASSWORD_CHANGE)
     except NotImplementedError:
         # No per-user index here: Django's session hash still ends them lazily.
         logger.debug("No per-user index; other sessions end at their next request.")

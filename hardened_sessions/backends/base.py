@@ -61,7 +61,16 @@ from ..exceptions import (
     SessionStoreUnavailable,
 )
 from ..record import CorruptRecord, Record
-from ..signals import session_rejected
+from ..signals import (
+    Reason,
+    emit,
+    session_conflict_merged,
+    session_created,
+    session_expired,
+    session_rejected,
+    session_revoked,
+    session_rotated,
+)
 
 __all__ = ["HardenedSessionBase", "Token", "hash_prefix", "past_deadline"]
 
@@ -123,6 +132,8 @@ class HardenedSessionBase(SessionBase):
         self._token: Token = None
         self._store_failure: SessionStoreUnavailable | None = None
         self._cleared = False
+        # The old key's hash prefix while cycle_key() stores the new record.
+        self._rotating_from: str | None = None
         self.rotation_failed = False
         # {"ip": ..., "user_agent": ...} when DEVICE_METADATA is on (set by the middleware).
         self.device: dict[str, str] | None = None
@@ -189,19 +200,29 @@ class HardenedSessionBase(SessionBase):
         if failure is not None:
             raise SessionStoreUnavailable(str(failure)) from failure
         try:
+            if self.config.metrics:  # the only cost of metrics when off
+                from .. import metrics
+
+                return metrics.timed(self, operation, args)
             return operation(*args)
         except SessionStoreUnavailable as exc:
             self._store_failure = exc
             raise
 
-    def _reject(self, store_key: str, reason: str, *, suspicious: bool) -> None:
+    def _reject(
+        self, store_key: str, description: str, *, suspicious: bool, reason: Reason
+    ) -> None:
         message = "Session %s… rejected: %s."
         if suspicious:
-            security_logger.warning(message, hash_prefix(store_key), reason)
+            security_logger.warning(message, hash_prefix(store_key), description)
         else:
-            logger.info(message, hash_prefix(store_key), reason)
-        session_rejected.send(
-            sender=type(self), key_hash_prefix=hash_prefix(store_key), reason=reason
+            logger.info(message, hash_prefix(store_key), description)
+        emit(
+            session_rejected,
+            type(self),
+            key_hash_prefix=hash_prefix(store_key),
+            reason=reason,
+            description=description,
         )
 
     def _fresh_record(self, data: dict[str, Any], now: float, *, base: Record | None) -> Record:
@@ -443,11 +464,20 @@ class HardenedSessionBase(SessionBase):
         try:
             rec = record.decode(raw, store_key, self.config.max_bytes)
         except CorruptRecord as exc:
-            self._reject(store_key, exc.reason, suspicious=True)
+            self._reject(store_key, exc.reason, suspicious=True, reason=Reason.BAD_RECORD)
             return self._adopt(session_key, None)
         if self._past_deadline(rec, time.time()):
-            self._reject(store_key, "past its deadline", suspicious=False)
+            self._reject(
+                store_key, "past its deadline", suspicious=False, reason=Reason.PAST_DEADLINE
+            )
             self._discard(store_key)
+            emit(
+                session_expired,
+                type(self),
+                key_hash_prefix=hash_prefix(store_key),
+                where="load",
+                reason=Reason.PAST_DEADLINE,
+            )
             return self._adopt(session_key, None)
         data = self._adopt(session_key, rec, token)
         self._loaded(store_key, raw, rec, token)
@@ -508,10 +538,33 @@ class HardenedSessionBase(SessionBase):
                             self._token = token
                             self._cleared = False
                             self.modified = True
+                        self._started(store_key, rec)
                         return
             raise SessionKeyUnavailable(
                 f"{config.key_attempts} fresh session keys in a row collided with stored "
                 "sessions; the random source is not to be trusted."
+            )
+
+    def _started(self, store_key: str, rec: Record) -> None:
+        sender = type(self)
+        old = self._rotating_from
+        if old is None:
+            if session_created.has_listeners(sender) or self.config.metrics:
+                emit(
+                    session_created,
+                    sender,
+                    key_hash_prefix=hash_prefix(store_key),
+                    user_id=rec.user_id,
+                    reason=Reason.CREATED,
+                )
+        else:
+            emit(
+                session_rotated,
+                sender,
+                key_hash_prefix=hash_prefix(store_key),
+                old_key_hash_prefix=old,
+                user_id=rec.user_id,
+                reason=Reason.ROTATION,
             )
 
     def save(self, must_create: bool = False) -> None:
@@ -601,6 +654,13 @@ class HardenedSessionBase(SessionBase):
             if new_token is not None:
                 logger.debug("Merged a concurrent save into session %s….", hash_prefix(store_key))
                 self._saved(rec, new_token, base=base, snapshot=ours, others=latest)
+                emit(
+                    session_conflict_merged,
+                    type(self),
+                    key_hash_prefix=hash_prefix(store_key),
+                    user_id=rec.user_id,
+                    reason=Reason.CONFLICT,
+                )
                 return
         raise SessionStoreUnavailable(
             f"Session {hash_prefix(store_key)}… kept changing under this request's save; "
@@ -613,7 +673,7 @@ class HardenedSessionBase(SessionBase):
         try:
             latest = record.decode(found[0], store_key, self.config.max_bytes)
         except CorruptRecord as exc:
-            self._reject(store_key, exc.reason, suspicious=True)
+            self._reject(store_key, exc.reason, suspicious=True, reason=Reason.BAD_RECORD)
             return None
         if self._past_deadline(latest, time.time()):
             return None
@@ -665,7 +725,16 @@ class HardenedSessionBase(SessionBase):
             if not keys.is_well_formed(session_key):
                 return
             assert session_key is not None
-            self._io(self._remove, keys.store_key(session_key))
+            store_key = keys.store_key(session_key)
+            if self._io(self._remove, store_key):
+                rec = self._record if session_key == self.session_key else None
+                emit(
+                    session_revoked,
+                    type(self),
+                    key_hash_prefix=hash_prefix(store_key),
+                    user_id=rec.user_id if rec is not None else None,
+                    reason=Reason.LOGOUT,
+                )
             # The object keeps its record as the base of a next save, which then meets
             # the missing record and raises UpdateError, as Django's db engine does.
             # Forgetting the record would turn that save into a create: the deleted
@@ -727,6 +796,10 @@ class HardenedSessionBase(SessionBase):
                 self._record = None
                 self._token = None
                 self._cleared = False
+            rotated = had_record and existed and old_key is not None
+            self._rotating_from = (
+                hash_prefix(keys.store_key(old_key)) if rotated and old_key is not None else None
+            )
             try:
                 self.create()
             except Exception as exc:
@@ -738,10 +811,22 @@ class HardenedSessionBase(SessionBase):
                     self._session_key = None
                     self.modified = False
                     self.rotation_failed = True
+                if self._rotating_from is not None:
+                    emit(
+                        session_revoked,
+                        type(self),
+                        key_hash_prefix=self._rotating_from,
+                        user_id=record.user_id_of(data),
+                        reason=Reason.ROTATION,
+                        description="the rotation failed: the old session was deleted and "
+                        "no new one could be stored",
+                    )
                 raise SessionRotationFailed(
                     "The old session was deleted but the new one could not be stored; "
                     "the session is now empty."
                 ) from exc
+            finally:
+                self._rotating_from = None
 
     async def acycle_key(self) -> None:
         await sync_to_async(self.cycle_key)()
