@@ -4,6 +4,8 @@ Public helpers (importable from the package):
 
 - :func:`user_sessions` — a user's live sessions;
 - :func:`revoke_user_sessions` — end a user's sessions but one ("log out other devices").
+- :func:`end_sessions_of_inactive_users` — end the sessions of inactive users (after a
+  bulk ``update(is_active=False)``, which sends no signal).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["revoke_user_sessions", "user_sessions"]
+__all__ = ["end_sessions_of_inactive_users", "revoke_user_sessions", "user_sessions"]
 
 
 def user_sessions(user: Any) -> list[Any]:
@@ -27,3 +29,11 @@ def revoke_user_sessions(user: Any, *, keep: str | None = None) -> int:
     from .revoke import revoke_user_sessions as implementation
 
     return implementation(user, keep=keep)
+
+
+def end_sessions_of_inactive_users(queryset: Any = None, *, batch_size: int = 500) -> int:
+    """End the sessions of every user with ``is_active=False`` (in ``queryset``, else all
+    users); return how many sessions ended."""
+    from .account import end_sessions_of_inactive_users as implementation
+
+    return implementation(queryset, batch_size=batch_size)

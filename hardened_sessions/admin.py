@@ -49,11 +49,13 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from . import record
+from .admin_user import EndSessionsAdminMixin
 from .conf import get_config
 from .models import HardenedSession
 from .revoke import revoke_sessions, revoke_user_sessions, user_sessions
+from .signals import Reason
 
-__all__ = ["HardenedSessionAdmin", "describe_value"]
+__all__ = ["EndSessionsAdminMixin", "HardenedSessionAdmin", "describe_value"]
 
 # Rows are named in the admin's HTML and URLs by this many hex digits of their key
 # hash, never by the whole hash (64 bits: unambiguous in practice; a name that is
@@ -379,11 +381,17 @@ class HardenedSessionAdmin(admin.ModelAdmin):
     def end_sessions(
         self, request: HttpRequest, sessions: Iterable[HardenedSession], reason: str
     ) -> int:
-        """End these sessions through the engine; log and count those really ended."""
+        """End these sessions through the engine; log and count those really ended. The
+        row of a session already past its deadline goes too, but that session had
+        ended: it is neither counted nor logged as revoked."""
         ended = []
         for session in sessions:
+            live = not session.is_expired
             user_ids = {session.key_hash: session.user_id}
-            if revoke_sessions([session.key_hash], reason=reason, user_ids=user_ids):
+            revoked = revoke_sessions(
+                [session.key_hash], reason=Reason.ADMIN, description=reason, user_ids=user_ids
+            )
+            if revoked and live:
                 ended.append(session)
         self.log_deletions(request, ended, reason)
         return len(ended)
@@ -555,7 +563,7 @@ class HardenedSessionAdmin(admin.ModelAdmin):
         reason = "all sessions of the user revoked in the admin"
         ended = self.end_sessions(request, live, reason)
         # Sessions begun since the listing: the engine's own per-user revoke finds them.
-        ended += revoke_user_sessions(user, reason=reason)
+        ended += revoke_user_sessions(user, reason=Reason.ADMIN, description=reason)
         if ended:
             self.message_user(
                 request,
