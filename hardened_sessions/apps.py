@@ -12,12 +12,26 @@ class HardenedSessionsConfig(AppConfig):
         from django.conf import settings
         from django.db.models.signals import post_save
 
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            device,  # noqa: F401  (registers E020, the user-agent parser)
+        )
         from .revoke import password_changed
 
         if apps.is_installed("django.contrib.auth"):
+            from django.contrib.auth.signals import user_logged_in
+
+            from .reauth import record_login
+
             post_save.connect(
                 password_changed,
                 sender=settings.AUTH_USER_MODEL,
                 dispatch_uid="hardened_sessions.password_changed",
             )
+            # A login is a proof of identity: "sudo mode" counts from it (reauth.py).
+            user_logged_in.connect(record_login, dispatch_uid="hardened_sessions.record_login")
+
+        # Sessions follow the account: deactivation and deletion end them (account.py).
+        from .account import install as install_account_lifecycle
+
+        install_account_lifecycle()

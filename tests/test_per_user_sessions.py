@@ -454,7 +454,9 @@ def test_revoke_on_password_change_off_leaves_the_sessions(db_alias: str, alice:
 
 def test_device_metadata_fills_ip_and_user_agent(db_alias: str, alice: Any) -> None:
     agent = "ExampleBrowser/2.0 (tests; like Gecko)"
-    with override_settings(HARDENED_SESSIONS={"DEVICE_METADATA": True}):
+    # True keeps networks (test_device_metadata_privacy); here the whole address.
+    full = {"DEVICE_METADATA": {"IP": "full", "USER_AGENT": "raw"}}
+    with override_settings(HARDENED_SESSIONS=full):
         v4 = Client(REMOTE_ADDR="203.0.113.9", HTTP_USER_AGENT=agent)
         v4_key = _login(v4)
         v6 = Client(REMOTE_ADDR="2001:db8::7", HTTP_USER_AGENT="x" * 500)

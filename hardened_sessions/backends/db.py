@@ -28,14 +28,13 @@ connection writes). Several processes need the ``OPTIONS`` the README recommends
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -43,14 +42,17 @@ from django.db import (
     DatabaseError,
     IntegrityError,
     connections,
+    models,
     router,
     transaction,
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from ..conf import get_config
+from ..device import stored_ip, stored_user_agent
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
-from ..signals import session_revoked
+from ..signals import Reason, emit, session_revoked, sessions_swept
 from .base import HardenedSessionBase, Token, hash_prefix
 
 __all__ = ["LOCK_ID", "SessionStore", "mysql_lock_name", "single_runner"]
@@ -154,20 +156,6 @@ def _serialised_write(connection: BaseDatabaseWrapper, what: str) -> Iterator[No
         lock.release()
 
 
-def ip_or_none(value: str | None) -> str | None:
-    """``value`` if it is an IP address the column can hold, else ``None``: REMOTE_ADDR
-    holds whatever the server, a proxy or a middleware put there."""
-    if not value:
-        return None
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    if getattr(address, "scope_id", None):  # fe80::1%eth0: no inet column takes it
-        return None
-    return str(address)
-
-
 def moment_of(ts: int) -> datetime:
     """A stored timestamp as the DateTimeField value Django expects under USE_TZ."""
     if settings.USE_TZ:
@@ -198,21 +186,37 @@ def single_runner(alias: str) -> Iterator[bool]:
         yield True
         return
     name = mysql_lock_name(connection.settings_dict["NAME"])
-    with connection.cursor() as cursor:
-        if vendor == "postgresql":
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_ID])
-        else:
-            cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
-        obtained = bool(cursor.fetchone()[0])
+    # PostgreSQL in a caller's transaction: a transaction lock, released by its commit or
+    # rollback. A session lock would be released by a statement after the sweep, which
+    # fails once a failed batch has aborted the transaction: the connection would keep
+    # the lock, and every later sweep would stand down.
+    in_transaction = vendor == "postgresql" and connection.in_atomic_block
+    try:
+        with connection.cursor() as cursor:
+            if in_transaction:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_ID])
+            elif vendor == "postgresql":
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_ID])
+            else:
+                cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+            obtained = bool(cursor.fetchone()[0])
+    except DatabaseError as exc:
+        raise SessionStore._unavailable(alias, "take the sweep's runner lock", exc) from exc
     try:
         yield obtained
     finally:
-        if obtained:
-            with connection.cursor() as cursor:
-                if vendor == "postgresql":
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
-                else:
-                    cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+        if obtained and not in_transaction:
+            try:
+                with connection.cursor() as cursor:
+                    if vendor == "postgresql":
+                        cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
+                    else:
+                        cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+            except DatabaseError as exc:
+                # The lock belongs to the connection: closing it releases the lock for
+                # sure (and never hides the sweep's own outcome behind this error).
+                logger.warning("Could not release the sweep's runner lock on %r: %s", alias, exc)
+                connection.close()
 
 
 class SessionStore(HardenedSessionBase):
@@ -287,8 +291,12 @@ class SessionStore(HardenedSessionBase):
             "version": rec.version,
         }
         if self.device is not None:
-            columns["ip_address"] = ip_or_none(self.device.get("ip"))
-            columns["user_agent"] = (self.device.get("user_agent") or "")[:300]
+            # Reduced here, before anything is written, to what DEVICE_METADATA keeps.
+            config = self.config
+            columns["ip_address"] = stored_ip(self.device.get("ip"), config.device_ip)
+            columns["user_agent"] = stored_user_agent(
+                self.device.get("user_agent"), config.device_user_agent
+            )
         return columns
 
     # -- primitives ------------------------------------------------------------
@@ -464,11 +472,12 @@ class SessionStore(HardenedSessionBase):
         )
         for key_hash in others[cap - 1 :]:
             if self._remove(key_hash):
-                session_revoked.send(
-                    sender=type(self),
+                emit(
+                    session_revoked,
+                    type(self),
                     key_hash_prefix=hash_prefix(key_hash),
                     user_id=user_id,
-                    reason="over MAX_SESSIONS_PER_USER",
+                    reason=Reason.CAP,
                 )
 
     def _remove(self, store_key: str) -> bool:
@@ -549,11 +558,21 @@ class SessionStore(HardenedSessionBase):
     ) -> int:
         """Delete the rows expired now, in batches of ``batch_size``; how many were
         deleted. Each batch is one ``SELECT`` of primary keys and one ``DELETE`` that
-        checks the deadline again, so a session renewed in between stays."""
+        checks the deadline again, so a session renewed in between stays.
+
+        With ``METADATA_RETENTION``, then clears the device metadata of the sessions
+        (live ones too) not written for longer (see :meth:`_forget_device_metadata`)."""
         from django.utils import timezone
 
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
         model = cls.get_model_class()
         alias = using or router.db_for_write(model)
+        # The DELETE binds one parameter per key and one for the deadline: within what
+        # the database takes in one statement (SQLite before 3.32: 999).
+        limit = connections[alias].features.max_query_params
+        if limit is not None:
+            batch_size = min(batch_size, limit - 1)
         now = timezone.now()
         total = 0
         while True:
@@ -568,13 +587,65 @@ class SessionStore(HardenedSessionBase):
                 "list expired sessions",
             )
             if not batch:
-                return total
+                break
             deleted = cls._delete_expired_batch(alias, batch)
             total += deleted
+            if deleted:
+                # One signal per batch: the DELETE does not say which rows it took.
+                emit(sessions_swept, cls, count=deleted, using=alias)
             if progress is not None:
                 progress(deleted)
             if not deleted:
-                return total  # what is left was renewed meanwhile: not expired any more
+                break  # what is left was renewed meanwhile: not expired any more
+        retention = get_config().metadata_retention
+        if retention is not None:
+            cls._forget_device_metadata(alias, now - timedelta(seconds=retention), batch_size)
+        return total
+
+    @classmethod
+    def _forget_device_metadata(cls, alias: str, cutoff: datetime, batch_size: int) -> int:
+        """Clear ``ip_address`` and ``user_agent`` of the rows last written at or before
+        ``cutoff``, in batches; how many were cleared. Every write of a session stores
+        its metadata again and moves ``last_activity``, which each ``UPDATE`` checks
+        again: metadata written meanwhile stays. The session itself is left alone."""
+        model = cls.get_model_class()
+        manager = model.objects.using(alias)
+        held = models.Q(ip_address__isnull=False) | ~models.Q(user_agent="")
+        # Parameters: one per key, the cutoff, the two new values.
+        limit = connections[alias].features.max_query_params
+        if limit is not None:
+            batch_size = max(1, min(batch_size, limit - 3))
+        total = 0
+        while True:
+            batch = cls._run(
+                alias,
+                lambda: list(
+                    manager.filter(held, last_activity__lte=cutoff)
+                    .order_by()
+                    .values_list("pk", flat=True)[:batch_size]
+                ),
+                "list sessions past METADATA_RETENTION",
+            )
+            if not batch:
+                break
+
+            def clear(keys: list[str] = batch) -> int:
+                found = manager.filter(held, pk__in=keys, last_activity__lte=cutoff)
+                return int(found.update(ip_address=None, user_agent=""))
+
+            cleared = cls._run(
+                alias, clear, "clear device metadata past METADATA_RETENTION", write=True
+            )
+            total += cleared
+            if not cleared:
+                break  # the rest was written meanwhile: its metadata is fresh
+        if total:
+            logger.info(
+                "Cleared the device metadata of %d session(s) on %r (METADATA_RETENTION).",
+                total,
+                alias,
+            )
+        return total
 
     @classmethod
     def _delete_expired_batch(cls, alias: str, key_hashes: list[str]) -> int:

@@ -136,9 +136,9 @@ HARDENED_SESSIONS = {
     "IDLE_TIMEOUT": 1800,  # 30 minutes without a request ends the session
     "ABSOLUTE_TIMEOUT": 43200,  # 12 hours after login at most
     "TOUCH_INTERVAL": 60,  # record activity at most once a minute
-    # Keep each session's IP address and user agent, shown on "Your sessions" and in the
-    # admin. That is personal data: a real site says so in its privacy notice, and it is
-    # deleted with the session.
+    # Keep each session's network (the /24 of its IPv4 address, the /48 of IPv6) and user
+    # agent, shown on "Your sessions" and in the admin. That is personal data: a real site
+    # says so in its privacy notice, and it is deleted with the session.
     "DEVICE_METADATA": True,
     # "Sudo mode": the "sensitive" page asks for the password again when the last proof
     # (login or re-authentication) is older than this. Short here, to show it.
