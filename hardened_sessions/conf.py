@@ -13,6 +13,7 @@ system checks were silenced: a cookie attribute is never injected through a sett
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "KEY_ATTEMPTS": 10,
     "FAILURE_VIEW": None,
     "DEVICE_METADATA": False,
+    "METADATA_RETENTION": None,
     "MAX_SESSIONS_PER_USER": None,
     "REVOKE_ON_PASSWORD_CHANGE": True,
     "REAUTH_MAX_AGE": 900,
@@ -49,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "END_SESSIONS_ON_DEACTIVATION": True,
     "REDIS_WAIT_REPLICAS": 0,
     "REDIS_WAIT_TIMEOUT_MS": 500,
+    "METRICS": False,
 }
 
 # Bounds that keep a typo from turning into a denial of service or a no-op.
@@ -68,7 +71,10 @@ class Config:
     touch_interval: int | None
     key_attempts: int
     failure_view: str | None
-    device_metadata: bool = False
+    device_metadata: bool = False  # whether anything of the device is kept
+    device_ip: str | None = None  # "full", "network" or None (DEVICE_METADATA["IP"])
+    device_user_agent: str | None = None  # "raw", "parsed" or None
+    metadata_retention: int | None = None
     max_sessions_per_user: int | None = None
     revoke_on_password_change: bool = True
     reauth_max_age: int = 900
@@ -76,10 +82,52 @@ class Config:
     end_sessions_on_deactivation: bool = True
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 500
+    metrics: bool = False
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# DEVICE_METADATA: what each part may keep (device.py says what each choice keeps).
+DEVICE_IP_CHOICES = ("full", "network", None)
+DEVICE_USER_AGENT_CHOICES = ("raw", "parsed", None)
+# What True means (it kept the whole address before the choices came: CHANGELOG).
+DEVICE_METADATA_ON = {"IP": "network", "USER_AGENT": "raw"}
+
+
+def _device_problems(value: Any) -> list[str]:
+    if isinstance(value, bool):
+        return []
+    if not isinstance(value, dict):
+        return [
+            "HARDENED_SESSIONS['DEVICE_METADATA'] must be True, False or a dict "
+            f'{{"IP": ..., "USER_AGENT": ...}}, not {value!r}.'
+        ]
+    problems = []
+    if set(value) != {"IP", "USER_AGENT"}:
+        problems.append(
+            "HARDENED_SESSIONS['DEVICE_METADATA'] as a dict must have exactly the keys "
+            f"'IP' and 'USER_AGENT', not {sorted(map(repr, value))}."
+        )
+    for key, choices in (("IP", DEVICE_IP_CHOICES), ("USER_AGENT", DEVICE_USER_AGENT_CHOICES)):
+        choice = value.get(key)
+        if key in value and (
+            not (choice is None or isinstance(choice, str)) or choice not in choices
+        ):
+            problems.append(
+                f"HARDENED_SESSIONS['DEVICE_METADATA'][{key!r}] must be one of "
+                f"{', '.join(map(repr, choices))}, not {choice!r}."
+            )
+    return problems
+
+
+def _device_choices(value: bool | dict[str, Any]) -> dict[str, Any]:
+    if value is True:
+        return DEVICE_METADATA_ON
+    if value is False:
+        return {"IP": None, "USER_AGENT": None}
+    return value
 
 
 def validate(raw: Any) -> list[str]:
@@ -119,7 +167,14 @@ def validate(raw: Any) -> list[str]:
             "HARDENED_SESSIONS['FAILURE_VIEW'] must be None or the dotted path of a view, "
             f"not {view!r}."
         )
-    for name in ("DEVICE_METADATA", "REVOKE_ON_PASSWORD_CHANGE", "END_SESSIONS_ON_DEACTIVATION"):
+    problems.extend(_device_problems(merged["DEVICE_METADATA"]))
+    retention = merged["METADATA_RETENTION"]
+    if retention is not None and (not _is_int(retention) or not 0 < retention <= MAX_TIMEOUT):
+        problems.append(
+            "HARDENED_SESSIONS['METADATA_RETENTION'] must be None or a number of seconds "
+            f"from 1 to {MAX_TIMEOUT} (ten years), not {retention!r}."
+        )
+    for name in ("REVOKE_ON_PASSWORD_CHANGE", "END_SESSIONS_ON_DEACTIVATION"):
         if not isinstance(merged[name], bool):
             problems.append(
                 f"HARDENED_SESSIONS[{name!r}] must be True or False, not {merged[name]!r}."
@@ -155,6 +210,14 @@ def validate(raw: Any) -> list[str]:
             "HARDENED_SESSIONS['REDIS_WAIT_TIMEOUT_MS'] must be a number of milliseconds "
             f"from 1 to {MAX_WAIT_TIMEOUT_MS}, not {wait_ms!r}."
         )
+    metrics = merged["METRICS"]
+    if not isinstance(metrics, bool):
+        problems.append(f"HARDENED_SESSIONS['METRICS'] must be True or False, not {metrics!r}.")
+    elif metrics and importlib.util.find_spec("prometheus_client") is None:
+        problems.append(
+            "HARDENED_SESSIONS['METRICS'] is True but prometheus_client is not installed: "
+            "pip install django-hardened-sessions[metrics]."
+        )
     idle, touch = merged["IDLE_TIMEOUT"], merged["TOUCH_INTERVAL"]
     if touch is not None and _is_int(touch):
         if idle is None:
@@ -187,6 +250,7 @@ def get_config() -> Config:
 
         raise ImproperlyConfigured(" ".join(problems))
     merged = {**DEFAULTS, **(raw or {})}
+    device = _device_choices(merged["DEVICE_METADATA"])
     config = Config(
         max_bytes=merged["MAX_BYTES"],
         idle_timeout=merged["IDLE_TIMEOUT"],
@@ -194,7 +258,10 @@ def get_config() -> Config:
         touch_interval=merged["TOUCH_INTERVAL"],
         key_attempts=merged["KEY_ATTEMPTS"],
         failure_view=merged["FAILURE_VIEW"],
-        device_metadata=merged["DEVICE_METADATA"],
+        device_metadata=any(device.values()),
+        device_ip=device["IP"],
+        device_user_agent=device["USER_AGENT"],
+        metadata_retention=merged["METADATA_RETENTION"],
         max_sessions_per_user=merged["MAX_SESSIONS_PER_USER"],
         revoke_on_password_change=merged["REVOKE_ON_PASSWORD_CHANGE"],
         reauth_max_age=merged["REAUTH_MAX_AGE"],
@@ -202,6 +269,7 @@ def get_config() -> Config:
         end_sessions_on_deactivation=merged["END_SESSIONS_ON_DEACTIVATION"],
         redis_wait_replicas=merged["REDIS_WAIT_REPLICAS"],
         redis_wait_timeout_ms=merged["REDIS_WAIT_TIMEOUT_MS"],
+        metrics=merged["METRICS"],
     )
     with _lock:
         _cached = config
