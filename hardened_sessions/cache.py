@@ -4,8 +4,8 @@ Neither Django's nor django-redis's cache backend speaks the cluster protocol;
 redis-py's ``RedisCluster`` does. This backend is a ``BaseCache`` over one
 ``RedisCluster`` client (which discovers the nodes and routes each key to its
 primary), with the values stored as Django's ``RedisCache`` stores them (integers as
-such, anything else pickled, or the ``serializer`` OPTION), so the session engines
-(and any other cache use) work on a cluster::
+such, anything else pickled by Django's own serializer, or the ``serializer`` OPTION),
+so the session engines (and any other cache use) work on a cluster::
 
     CACHES = {
         "sessions": {
@@ -27,7 +27,6 @@ custom backends); nothing of Django's own ``RedisCache`` internals.
 
 from __future__ import annotations
 
-import pickle
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,27 +35,15 @@ from urllib.parse import urlsplit
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.utils.module_loading import import_string
 
-__all__ = ["ClusterSerializer", "RedisClusterCache"]
+__all__ = ["DJANGO_SERIALIZER", "RedisClusterCache"]
 
 
-class ClusterSerializer:
-    """Values as Django's ``RedisCache`` stores them: an ``int`` as is (so ``incr``
-    works on it), anything else pickled. Only this cache's own values are ever
-    unpickled; the session engines bypass it."""
-
-    def __init__(self, protocol: int | None = None) -> None:
-        self.protocol = pickle.HIGHEST_PROTOCOL if protocol is None else protocol
-
-    def dumps(self, obj: Any) -> Any:
-        if type(obj) is int:  # not bool
-            return obj
-        return pickle.dumps(obj, self.protocol)
-
-    def loads(self, data: Any) -> Any:
-        try:
-            return int(data)
-        except ValueError:
-            return pickle.loads(data)  # noqa: S301 (the cache's own values, as Django's)
+# The values of other cache users are stored as Django's RedisCache stores them, through
+# Django's own serializer class (an int as is, anything else pickled by Django): this
+# package never pickles or unpickles anything itself. Django has no public name for that
+# class; it is the default of RedisCache's ``serializer`` option in Django 5.2, 6.0 and
+# 6.1 (tests/test_scaleout.py checks the path still imports and round-trips).
+DJANGO_SERIALIZER = "django.core.cache.backends.redis.RedisSerializer"
 
 
 class RedisClusterCache(BaseCache):
@@ -69,12 +56,12 @@ class RedisClusterCache(BaseCache):
         # Django's RedisCache options that mean nothing to RedisCluster.
         options.pop("pool_class", None)
         options.pop("parser_class", None)
-        serializer = options.pop("serializer", None)
+        serializer = options.pop("serializer", None) or DJANGO_SERIALIZER
         if isinstance(serializer, str):
             serializer = import_string(serializer)
         if callable(serializer):
             serializer = serializer()
-        self._serializer = serializer or ClusterSerializer()
+        self._serializer = serializer
         self._cluster_options = options
         self._cluster: Any = None
         self._cluster_lock = threading.Lock()

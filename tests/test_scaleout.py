@@ -758,3 +758,16 @@ def test_a_partitioned_pool_node_that_rejoins_serves_nothing_past_its_deadlines(
             assert_cookie_expired(response)
         # Rejected as past its deadline, it was deleted from the node too (best effort).
         assert memcached_ttl(victim, leaving_key) is None
+
+
+def test_the_cluster_cache_stores_other_values_through_djangos_own_serializer() -> None:
+    """The package pickles nothing itself: ``RedisClusterCache`` borrows the serializer
+    class that Django's ``RedisCache`` uses by default. Fails loudly if Django moves it."""
+    from django.utils.module_loading import import_string
+
+    from hardened_sessions.cache import DJANGO_SERIALIZER
+
+    serializer = import_string(DJANGO_SERIALIZER)()
+    assert serializer.dumps(7) == 7
+    value = {"i": 1, "tag": ("t", 1)}
+    assert serializer.loads(serializer.dumps(value)) == value
