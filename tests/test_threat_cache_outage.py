@@ -389,7 +389,17 @@ def test_a_login_while_the_store_is_down_is_one_prompt_attempt(
             assert len(key_draws) == 1, f"{len(key_draws)} keys drawn for one login"
             assert elapsed < PROMPT, f"the login took {elapsed:.2f} s"
             if before is not None and after is not None:
-                assert after - before <= 1, f"{after - before} connections for one login"
+                # One store attempt. redis-py before 5 sends nothing while it connects, so
+                # to a server that accepts and closes, its first connect "succeeds" and the
+                # pool's readiness check then connects once more, within the same attempt.
+                allowed = 2 if "redis" in store_setup and _redis_py_major() < 5 else 1
+                assert after - before <= allowed, f"{after - before} connections for one login"
+
+
+def _redis_py_major() -> int:
+    import redis
+
+    return int(redis.__version__.split(".", 1)[0])
 
 
 @setups()
