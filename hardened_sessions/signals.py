@@ -42,7 +42,7 @@ of them. ``description`` is the human text (what ``reason`` itself carried befor
 
 ``session_conflict_merged(sender, key_hash_prefix, user_id, reason=CONFLICT, description)``
     A save met a record another request had saved meanwhile and applied this
-    request's changes onto it (see DESIGN, "lost updates").
+    request's changes onto it (docs/design.rst, "concurrent requests on one session").
 
 Signals cost nothing measurable when nobody listens: they are sent off the common
 path (a load of a live record and a save without a conflict send nothing), and

@@ -1,6 +1,6 @@
 """The ``HardenedSession`` admin: inspect and revoke, never edit, never leak.
 
-DESIGN, "Operations": the admin shows a hashed key prefix, the user, the times, the
+docs/operations.rst: the admin shows a hashed key prefix, the user, the times, the
 size and the state; the decoded data shows keys with value types and lengths, values
 redacted; it is never editable; its actions revoke the selected sessions, or every
 session of their users, through the engine (so cached copies go too), leave

@@ -1,6 +1,6 @@
 """``manage.py clearexpiredsessions``, ``SessionStore.clear_expired()`` and ``clearsessions``.
 
-DESIGN, "Operations": batched deletes, ``--batch-size``, ``--dry-run``, ``--database``,
+docs/operations.rst: batched deletes, ``--batch-size``, ``--dry-run``, ``--database``,
 one runner at a time (an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL/MariaDB);
 on the cache engine the command says the cache expires entries itself and exits
 normally; ``SessionStore.clear_expired()`` runs the same sweep, which checks the

@@ -1,6 +1,6 @@
 """The session cookie and the caching headers that ``HardenedSessionMiddleware`` sends.
 
-DESIGN, "Behaviour": cookie flags, cookie lifetime, ``SameSite=None``, the headers of
+docs/design.rst, "What the engines do": cookie flags, cookie lifetime, ``SameSite=None``, the headers of
 responses that touched the session, and the rule that a key is only ever sent once it
 is stored. Every assertion is on a real response of Django's test client (the
 ``Set-Cookie`` header parsed back with ``http.cookies``) and on the stored rows.

@@ -1,6 +1,6 @@
 """Per-user sessions: list them, end them, and end them when the password changes.
 
-DESIGN, "Operations": ``hardened_sessions.user_sessions(user)`` returns the user's live
+docs/operations.rst: ``hardened_sessions.user_sessions(user)`` returns the user's live
 sessions; ``hardened_sessions.revoke_user_sessions(user, *, keep=None)`` ends every
 other one and says how many; on the cache engine they work where a per-user index can
 be kept consistent (Redis, and LocMemCache) and raise ``NotImplementedError`` saying

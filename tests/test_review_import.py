@@ -1,6 +1,6 @@
 """``importdjangosessions --database``: the stock table may live apart from the sessions.
 
-DESIGN: the db engine respects database routers, so sessions can live in a database of
+docs/design.rst: the db engine respects database routers, so sessions can live in a database of
 their own while ``django_session`` stays where ``django.contrib.sessions`` kept it
 (``default``). ``--database`` names where the *stock table* is read; the records and
 their import markers go where the engine reads and writes sessions (the router's

@@ -1,6 +1,6 @@
 """Scale-out stores: Redis Cluster, Redis Sentinel, and a pool of memcached servers.
 
-DESIGN, "Supported versions": "Scale-out: Redis Cluster and Sentinel, several
+docs/engines.rst: "Scale-out: Redis Cluster and Sentinel, several
 memcached servers, PostgreSQL — existing engines, nothing home-made"; the cache
 engine serves Redis Cluster through ``hardened_sessions.cache.RedisClusterCache``
 (Django's ``RedisCache`` on redis-py's ``RedisCluster``), Sentinel through
@@ -251,7 +251,7 @@ def test_the_plain_django_cache_api_works_on_the_cluster(on_cluster: RedisCluste
 
 
 def test_per_user_helpers_say_the_cluster_keeps_no_index(on_cluster: RedisClusterHandle) -> None:
-    """DESIGN: the per-user helpers raise ``NotImplementedError`` saying why where no
+    """docs/design.rst: the per-user helpers raise ``NotImplementedError`` saying why where no
     index can be kept consistently; a cluster is such a place."""
     user = get_user_model().objects.create_user("alice", password=PASSWORD)
     session = new_session(_auth_user_id=str(user.pk))
@@ -626,7 +626,7 @@ def pool_servers(memcached_servers: list[Server]) -> Iterator[list[Server]]:
 def test_a_killed_pool_node_answers_503_until_declared_dead_then_its_sessions_are_missing(
     pool_servers: list[Server], revive_servers: Callable[[Server], Server]
 ) -> None:
-    """DESIGN: "a memcached node of a pool fails: its keys answer 503 until the client
+    """docs/design.rst: "a memcached node of a pool fails: its keys answer 503 until the client
     declares the node dead, then count as missing (those users log in again)". The
     sessions on the other two servers are read and written throughout; no 500."""
     servers = pool_servers

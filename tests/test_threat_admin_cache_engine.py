@@ -6,7 +6,7 @@ sessions shown as "Active", the live ones not shown at all, and "Revoke" on a li
 row answering "0 sessions revoked" (as a success) while the user it meant to log out
 stayed logged in.
 
-DESIGN, "Operations": on the cache engine the admin shows what the cache holds: a
+docs/operations.rst: on the cache engine the admin shows what the cache holds: a
 searched user's live sessions through the per-user index (Redis, LocMemCache), revoked
 through the engine, the cache never asked to list its keys (so anonymous sessions are
 not listed, and the page says so); where the cache cannot list them (memcached) a notice

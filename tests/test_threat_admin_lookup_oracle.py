@@ -13,7 +13,7 @@ about hidden columns, one character at a time:
 * ``?_popup=1`` (with or without ``_to_field``) prints every row's whole key hash in the
   popup links.
 
-DESIGN, "Operations": no URL lookup reaches a redacted field; only the admin's own
+docs/operations.rst: no URL lookup reaches a redacted field; only the admin's own
 filters, search, ordering and paging parameters are accepted. Every other one is
 refused with 400, before any query, with one answer whatever the guess: same status,
 same body. Also here: ``o=`` never sorts by ``data``, ``_changelist_filters`` on the

@@ -1,6 +1,6 @@
 """Threat: the session cache goes away under a running site.
 
-DESIGN, "Behaviour": a store that is unreachable on load, save or delete raises
+docs/design.rst, "What the engines do": a store that is unreachable on load, save or delete raises
 ``SessionStoreUnavailable``; the middleware answers 503 with ``Retry-After``, leaves
 the cookie as it was, and makes one store attempt per request. A rotation (a login)
 that cannot store the new session answers 503 and expires the cookie. When the store
@@ -431,7 +431,7 @@ def test_a_request_makes_one_store_attempt_however_often_it_reads(
 @pytest.mark.parametrize("store_setup", ["cached_db-django-redis"])
 @pytest.mark.parametrize("fault", ["stop", "cut"])
 def test_a_create_that_fails_while_the_cache_is_down_leaves_no_row(outage: Outage) -> None:
-    """DESIGN: "nothing half-written is reported as saved"; the db engine's own
+    """docs/design.rst: "nothing half-written is reported as saved"; the db engine's own
     outage test (``test_threat_store_outage``) expects no row after a failed create."""
     from hardened_sessions.models import HardenedSession
 

@@ -3,7 +3,7 @@
 Two requests load the same session before either saves. A plain read-modify-write
 engine lets the later save write its stale copy back: a flag the earlier request
 removed (a 2FA or sudo grant revoked) comes back, and the earlier request's other
-changes vanish. The contract (DESIGN, "concurrent requests on one session"): each save
+changes vanish. The contract (docs/design.rst, "concurrent requests on one session"): each save
 applies only the keys its request changed or deleted onto the latest stored record,
 through a version-checked write retried within ``KEY_ATTEMPTS``; and a save from a
 request that started before a logout, revoke or rotation raises Django's

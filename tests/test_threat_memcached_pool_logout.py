@@ -11,7 +11,7 @@ passed). Sessions that thread created meanwhile landed on the next server, where
 another process's logout never looked. With ``cached_db`` the row was deleted but
 the cached copy still loaded.
 
-DESIGN: "a logout, rotation or revoke reports success only when no client of any
+docs/design.rst: "a logout, rotation or revoke reports success only when no client of any
 thread or process can load that session again, whatever each client's view of dead
 nodes, else it fails closed (503)".
 

@@ -1,6 +1,6 @@
 """Session fixation: a key known before login must be worthless after it.
 
-DESIGN, "Behaviour", ``cycle_key()``: Django's ``login()`` and
+docs/design.rst, "What the engines do", ``cycle_key()``: Django's ``login()`` and
 ``update_session_auth_hash()`` rotate the key; the old record is deleted first (and
 must have existed), the data moves to a fresh key, and every failure fails closed:
 never two live keys, never revoked data under a new key, a 503 that expires the

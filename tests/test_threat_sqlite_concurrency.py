@@ -4,7 +4,7 @@ SQLite is the default store, and it has one writer at a time. Under load, a stor
 that is not set up for that ("database is locked" on the first busy moment, a read
 transaction upgraded into a deadlock) fails requests or, worse, reports a locked
 database as a missing session, which logs the user out or hands out an empty one.
-The contract (DESIGN, Settings): with the recommended ``OPTIONS`` (WAL,
+The contract (docs/settings.rst): with the recommended ``OPTIONS`` (WAL,
 ``transaction_mode="IMMEDIATE"``, a busy ``timeout``) concurrent writers simply
 queue; a locked database is retried within a bound, then ``SessionStoreUnavailable``
 (503), never "no session" and never a lost or deleted record.

@@ -1,7 +1,7 @@
 """The store fails, or refuses what it is given: the answer is a clear 400 or 503, never
 a half-written session or a cookie for a key that was not stored.
 
-DESIGN, "Behaviour": store unreachable (503 with ``Retry-After``, cookie left as it
+docs/design.rst, "What the engines do": store unreachable (503 with ``Retry-After``, cookie left as it
 was, one store attempt per request, whoever turned the failure into a response);
 ``SessionTooLarge`` (400, logged, nothing written); ``SessionKeyUnavailable`` (503);
 a save into a session ended meanwhile (400, or only an expired cookie when the

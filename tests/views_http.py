@@ -273,7 +273,7 @@ def varies_on_cookie(response: HttpResponseBase) -> bool:
 
 
 def store_key(session_key: str) -> str:
-    """What a session is stored under (DESIGN: the SHA-256 hex digest of its key)."""
+    """What a session is stored under (docs/design.rst: the SHA-256 hex digest of its key)."""
     return hashlib.sha256(session_key.encode("ascii")).hexdigest()
 
 

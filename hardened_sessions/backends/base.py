@@ -754,7 +754,7 @@ class HardenedSessionBase(SessionBase):
                 self._token = None
 
     def cycle_key(self) -> None:
-        """Move the data to a fresh key, failing closed (see DESIGN: never two live keys)."""
+        """Move the data to a fresh key, failing closed (docs/design.rst: never two live keys)."""
         with self._write_lock:
             self._get_session()  # a load is store I/O: before the lock
             with self._lock:

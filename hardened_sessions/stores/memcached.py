@@ -531,7 +531,7 @@ class MemcachedByteStore:
         i = self.home(k)
         verdict = self._health.verdict(i)
         if verdict == _DEAD:
-            return None  # DESIGN: counts as missing once the server is declared dead
+            return None  # docs/design.rst: counts as missing once the server is declared dead
         if verdict == _FAILING:
             raise self._unavailable(i, verdict)
         value, unique = self._run(i, verdict == _PROBE, "read a session", "gets", k)

@@ -1,6 +1,6 @@
 """The admin of ``HardenedSession`` in a browser: the changelist and a change page
 render for the superuser, without keys or values, and "Revoke selected sessions" ends
-a session (DESIGN, "Operations": admin)."""
+a session (docs/operations.rst: admin)."""
 
 from __future__ import annotations
 

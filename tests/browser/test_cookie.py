@@ -1,4 +1,4 @@
-"""The session cookie as Chromium stores it (DESIGN, "Behaviour": cookie flags,
+"""The session cookie as Chromium stores it (docs/design.rst, "What the engines do": cookie flags,
 ``SameSite=None``)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Key rotation at login and invalidation at logout, seen from the browser: a cookie
-copied before either event opens nothing afterwards (DESIGN, "Behaviour": cycle_key)."""
+copied before either event opens nothing afterwards (docs/design.rst, "What the engines do": cycle_key)."""
 
 from __future__ import annotations
 

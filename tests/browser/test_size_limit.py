@@ -1,5 +1,5 @@
 """The demo's "Grow" page: a session grown past ``MAX_BYTES`` is answered 400 and the
-stored session keeps what it held before (DESIGN, "Behaviour": save over MAX_BYTES); the
+stored session keeps what it held before (docs/design.rst, "What the engines do": save over MAX_BYTES); the
 400 is the demo's ``FAILURE_VIEW`` page."""
 
 from __future__ import annotations
