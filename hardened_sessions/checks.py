@@ -378,6 +378,10 @@ def check_sqlite_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     db = connections.settings[alias]
     if db.get("ENGINE") != "django.db.backends.sqlite3":
         return []
+    name = str(db.get("NAME") or "")
+    if name in ("", ":memory:") or "mode=memory" in name:
+        # An in-memory database lives in one process: several processes cannot share it.
+        return []
     options = db.get("OPTIONS") or {}
     missing = []
     if "journal_mode=wal" not in str(options.get("init_command", "")).lower().replace(" ", ""):

@@ -467,3 +467,14 @@ def test_test_settings_pass_manage_py_check() -> None:
     call_command("check", stdout=out, stderr=StringIO())
     assert [m for m in run_checks() if m.is_serious()] == []
     assert ours() == []
+
+
+@pytest.mark.parametrize("name", [":memory:", "file:sessions?mode=memory&cache=shared"])
+def test_an_in_memory_sqlite_database_is_no_w030(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """One process owns an in-memory database: the options for several processes (WAL
+    in particular, which an in-memory database cannot use) do not apply."""
+    _route_sessions_to(monkeypatch, "django.db.backends.sqlite3", None)
+    monkeypatch.setitem(connections.settings[SQLITE_ALIAS], "NAME", name)
+    assert _w030() == []
