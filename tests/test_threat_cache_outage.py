@@ -422,7 +422,12 @@ def test_a_request_makes_one_store_attempt_however_often_it_reads(
 
         assert_unavailable(response)
         assert views_http.observed["failures"] == 5
-        assert (front.connections() or 0) - before <= 1
+        # One attempt, not five. On Redis one attempt is one checkout from redis-py's
+        # pool, which may itself connect up to three times against a server that accepts
+        # and closes (a stale pooled socket replaced, then its readiness check
+        # reconnecting); five attempts would take at least five.
+        allowed = 3 if "redis" in store_setup else 1
+        assert (front.connections() or 0) - before <= allowed
 
 
 # --- nothing half-written ----------------------------------------------------------------
