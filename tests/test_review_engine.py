@@ -181,7 +181,7 @@ def test_the_default_sweep_fits_sqlites_oldest_bound_on_query_parameters() -> No
     try:
         expired_rows("default", 1001)
         assert DBStore.delete_expired(using="default") == 1001
-        # METADATA_RETENTION's batches bind two parameters more than the keys.
+        # METADATA_RETENTION's batches bind four parameters more than the keys.
         from datetime import UTC, datetime, timedelta
 
         from django.test import override_settings

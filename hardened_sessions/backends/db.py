@@ -611,10 +611,11 @@ class SessionStore(HardenedSessionBase):
         model = cls.get_model_class()
         manager = model.objects.using(alias)
         held = models.Q(ip_address__isnull=False) | ~models.Q(user_agent="")
-        # Parameters: one per key, the cutoff, the two new values.
+        # Parameters: one per key, and four more (the empty user agent the filter
+        # compares with, the cutoff, the two new values); a margin of eight.
         limit = connections[alias].features.max_query_params
         if limit is not None:
-            batch_size = max(1, min(batch_size, limit - 3))
+            batch_size = max(1, min(batch_size, limit - 8))
         total = 0
         while True:
             batch = cls._run(
