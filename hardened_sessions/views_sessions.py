@@ -54,6 +54,7 @@ from django.views.decorators.csrf import csrf_protect
 
 from . import keys
 from .revoke import revoke_sessions, revoke_user_sessions, user_sessions
+from .signals import Reason
 
 __all__ = [
     "HANDLE_LENGTH",
@@ -183,7 +184,7 @@ def end_session(request: HttpRequest, handle: str) -> HttpResponse:
         return redirect(resolve_url(settings.LOGIN_URL))
     key_hash = entry.session.key_hash
     ended = revoke_sessions(
-        [key_hash], reason="ended by its user", user_ids={key_hash: str(request.user.pk)}
+        [key_hash], reason=Reason.USER, user_ids={key_hash: str(request.user.pk)}
     )
     if ended:
         _message(request, messages.SUCCESS, _("Session %(handle)s ended.") % {"handle": handle})
@@ -202,7 +203,7 @@ def end_other_sessions(request: HttpRequest) -> HttpResponse:
         return render(request, CONFIRM_TEMPLATE, context)
     try:
         ended = revoke_user_sessions(
-            request.user, keep=request.session.session_key, reason="ended by its user"
+            request.user, keep=request.session.session_key, reason=Reason.USER
         )
     except NotImplementedError as exc:
         return _unavailable(request, exc)
