@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from contextvars import ContextVar
 from typing import Any, TypeGuard
 
@@ -48,6 +47,7 @@ from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import http_date
 from django.utils.module_loading import import_string
 
+from . import timeutil
 from .backends.base import HardenedSessionBase
 from .conf import cookie_settings, get_config
 from .exceptions import (
@@ -254,7 +254,7 @@ class HardenedSessionMiddleware(SessionMiddleware):
                     expires = None
                 else:
                     max_age = session.cookie_max_age()
-                    expires = http_date(time.time() + max_age)
+                    expires = http_date(timeutil.now() + max_age)
                 response.set_cookie(
                     cookie_name,
                     session.session_key,

@@ -10,12 +10,11 @@ by :class:`hardened_sessions.views.ReauthView` after a successful re-authenticat
 
 :func:`needs_reauth` decides; :func:`reauth_redirect` / :func:`areauth_redirect` are
 what ``@reauth_required`` and ``ReauthRequiredMixin`` answer with. Time is read
-through this module's ``time`` import, once per decision.
+through ``hardened_sessions.timeutil.now()``, once per decision.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import resolve_url
 
+from . import timeutil
 from .conf import get_config
 
 __all__ = [
@@ -92,12 +92,12 @@ def mark_authenticated(request: HttpRequest) -> None:
 
     Call it only after the proof, and after the session key was rotated (a proof must not
     be attached to a key that existed before it: see ``ReauthView``)."""
-    request.session[SESSION_KEY] = int(time.time())
+    request.session[SESSION_KEY] = int(timeutil.now())
 
 
 async def amark_authenticated(request: HttpRequest) -> None:
     """The async twin of :func:`mark_authenticated` (through the session's ``aset``)."""
-    await request.session.aset(SESSION_KEY, int(time.time()))
+    await request.session.aset(SESSION_KEY, int(timeutil.now()))
 
 
 def record_login(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
@@ -127,7 +127,7 @@ def needs_reauth(seconds: Any, max_age: int | None = None, now: float | None = N
     if proof is None:
         return True
     limit = get_config().reauth_max_age if max_age is None else max_age
-    age = (time.time() if now is None else now) - proof
+    age = (timeutil.now() if now is None else now) - proof
     return age >= limit or age < -CLOCK_SKEW_TOLERANCE
 
 

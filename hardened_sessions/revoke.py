@@ -10,7 +10,6 @@ configured engine, so cached copies go too.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from importlib import import_module
 from typing import Any
@@ -19,7 +18,7 @@ from django.conf import settings
 from django.db import router
 from django.utils import timezone
 
-from . import keys, record
+from . import keys, record, timeutil
 from .signals import Reason, emit, reason_and_description, session_revoked
 
 __all__ = ["revoke_sessions", "revoke_user_sessions", "user_sessions"]
@@ -74,7 +73,7 @@ def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
 
     config = get_config()
     live, ended = [], []
-    now = time.time()
+    now = timeutil.now()
     for key_hash, raw in store.user_records(pk):
         try:
             rec = record.decode(raw, key_hash, config.max_bytes) if raw is not None else None

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
-from hardened_sessions.backends import base as base_module
+from hardened_sessions import timeutil
 
 
 class Clock:
@@ -27,5 +27,5 @@ class Clock:
 @contextmanager
 def clock_at(now: float) -> Iterator[Clock]:
     clock = Clock(now)
-    with mock.patch.object(base_module, "time", clock):
+    with mock.patch.object(timeutil, "time", clock):
         yield clock

@@ -23,8 +23,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, include, path
 from django.views import View
 
-from hardened_sessions import reauth
-from hardened_sessions.backends import base as base_module
+from hardened_sessions import timeutil
 from hardened_sessions.decorators import reauth_required
 from hardened_sessions.forms import PasswordReauthForm
 from hardened_sessions.mixins import ReauthRequiredMixin
@@ -128,7 +127,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
 def clock_at(now: float) -> Iterator[Clock]:
     """Moves the records' time and the re-authentication clock together."""
     clock = Clock(now)
-    with mock.patch.object(base_module, "time", clock), mock.patch.object(reauth, "time", clock):
+    with mock.patch.object(timeutil, "time", clock):
         yield clock
 
 

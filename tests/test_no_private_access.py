@@ -79,6 +79,10 @@ SUBCLASS_ALLOWLIST = {
     # Django's SessionBase keeps the key and the loaded data in _session_key /
     # _session_cache, and its engines override _get_session; it documents no other way.
     ("backends/base.py", "HardenedSessionBase"): "Django's SessionBase subclass protocol",
+    ("backends/mapping.py", "SessionMapping"): "Django's SessionBase subclass protocol",
+    ("backends/core.py", "EngineCore"): "Django's SessionBase subclass protocol",
+    ("backends/save.py", "SavingSession"): "Django's SessionBase subclass protocol",
+    ("backends/rotate.py", "RotatingSession"): "Django's SessionBase subclass protocol",
 }
 _PRIVATE = re.compile(r"_[a-z]\w*")
 

@@ -14,11 +14,11 @@ own deadlines are checked again on every load.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from django.conf import settings
 
+from .. import timeutil
 from ..record import Record
 from ..stores import ByteStore, store_for_cache
 from .base import HardenedSessionBase, Token
@@ -28,7 +28,7 @@ __all__ = ["SessionStore"]
 
 def ttl_for(rec: Record) -> int:
     """Seconds until the record's earliest deadline (at least 1)."""
-    return max(1, rec.deadline - int(time.time()))
+    return timeutil.ttl_for(rec.deadline)
 
 
 class SessionStore(HardenedSessionBase):

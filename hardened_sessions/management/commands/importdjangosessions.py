@@ -34,7 +34,6 @@ status is non-zero when a record could not be written or when no row verified at
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import import_module
@@ -48,7 +47,7 @@ from django.db import DatabaseError, IntegrityError, connections, router, transa
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from ... import keys, record
+from ... import keys, record, timeutil
 from ...backends.cache import SessionStore as CacheStore
 from ...backends.db import SessionStore as DBStore
 from ...backends.db import moment_of
@@ -339,7 +338,7 @@ class Command(BaseCommand):
             return UNDECODABLE
         counts.verified += 1
         config = get_config()
-        now_s = int(time.time())
+        now_s = int(timeutil.now())
         rec = record.Record(
             data=data,
             version=1,

@@ -1,0 +1,219 @@
+"""``EngineCore``: what every hardened engine holds, and the primitives it implements.
+
+The state of one session object (its record, the version token of the next write,
+the store failure it met), the five storage primitives an engine implements, and
+the plumbing the load, save and rotation policies share (``_io``, ``_reject``,
+``_fresh_record``). The policies build on this class in ``save.py``, ``rotate.py``
+and ``base.py``; docs/architecture.rst walks one request through them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.module_loading import import_string
+
+from .. import keys, record, timeutil
+from ..buffers import BufferPool, default_pool
+from ..conf import Config, get_config
+from ..exceptions import SessionStoreUnavailable
+from ..record import Record
+from ..signals import Reason, emit, session_rejected
+from .mapping import SessionMapping
+
+__all__ = ["EngineCore", "Token", "hash_prefix", "past_deadline"]
+
+logger = logging.getLogger("hardened_sessions")
+security_logger = logging.getLogger("django.security.SuspiciousSession")
+
+# What an engine hands back with a record so that the next write can be
+# version-checked (a version number, a memcached cas id, ...). Opaque here.
+Token = Any
+T = TypeVar("T")
+
+
+def hash_prefix(store_key: str) -> str:
+    """The only part of a session's identity that may appear in logs and signals: its
+    handle, the first 16 hex digits of the key's SHA-256 (the admin's row id, the
+    handle of the sessions pages)."""
+    return store_key[:8]
+
+
+def past_deadline(rec: Record, now: float, config: Config) -> bool:
+    """Past a deadline the record carries, or one the current settings impose (a
+    timeout added or shortened after the record was saved applies at once)."""
+    if rec.expired(now):
+        return True
+    if config.absolute_timeout is not None and now >= rec.created + config.absolute_timeout:
+        return True
+    return config.idle_timeout is not None and now >= rec.activity + config.idle_timeout
+
+
+class EngineCore(SessionMapping):
+    """Session state, storage primitives and shared plumbing (see the module docstring)."""
+
+    pool: BufferPool = default_pool
+    _session_cache: dict[str, Any]
+
+    def __init__(self, session_key: str | None = None) -> None:
+        # What SessionBase.__init__ sets, but for ``serializer`` (see below): a session is
+        # built on every request, and importing the serializer is a tenth of a load.
+        self._session_key = session_key
+        self.accessed = False
+        self.modified = False
+        self._lock = threading.RLock()
+        # Serialises this object's writes to the store; see the module docstring.
+        self._write_lock = threading.RLock()
+        self._record: Record | None = None
+        self._token: Token = None
+        self._store_failure: SessionStoreUnavailable | None = None
+        self._cleared = False
+        # The old key's hash prefix while cycle_key() stores the new record.
+        self._rotating_from: str | None = None
+        self.rotation_failed = False
+        # {"ip": ..., "user_agent": ...} when DEVICE_METADATA is on (set by the middleware).
+        self.device: dict[str, str] | None = None
+
+    @cached_property
+    def serializer(self) -> Any:
+        """``SESSION_SERIALIZER``, for Django's ``encode()``/``decode()`` (records never
+        use it: they are JSON by construction)."""
+        return import_string(settings.SESSION_SERIALIZER)
+
+    # ------------------------------------------------------------------ primitives
+    # Engines implement these. They raise SessionStoreUnavailable when the store
+    # cannot answer; any other outcome is a definite answer.
+
+    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
+        """The stored bytes and a version token, or ``None`` when nothing is stored."""
+        raise NotImplementedError
+
+    def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
+        """Store ``data`` only if nothing is stored under ``store_key``; the new token,
+        or ``None`` when the key is taken."""
+        raise NotImplementedError
+
+    def _write_update(
+        self, store_key: str, data: memoryview, rec: Record, token: Token
+    ) -> Token | None:
+        """Replace the record only if it is still the one ``token`` names; the new
+        token, or ``None`` when it changed or is gone."""
+        raise NotImplementedError
+
+    def _remove(self, store_key: str) -> bool:
+        """Delete the record; whether one was there."""
+        raise NotImplementedError
+
+    def _conflict_guard(self) -> AbstractContextManager[Any]:
+        """Context for the read-merge-write after a version conflict (a transaction
+        on databases, so the retry does not race again)."""
+        return nullcontext()
+
+    def _read_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
+        """``_read`` inside :meth:`_conflict_guard`; engines may lock the row here."""
+        return self._read(store_key)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def config(self) -> Config:
+        return get_config()
+
+    @property
+    def store_failure(self) -> SessionStoreUnavailable | None:
+        """The store failure this session met, if any (the middleware answers 503)."""
+        return self._store_failure
+
+    @property
+    def record(self) -> Record | None:
+        """The record as last loaded or saved (metadata included), or ``None``."""
+        return self._record
+
+    def _io(self, operation: Callable[..., T], *args: Any) -> T:
+        # One failed store access per request: after it, every further access fails
+        # at once instead of waiting on the store again for each request.user lookup.
+        failure = self._store_failure
+        if failure is not None:
+            raise SessionStoreUnavailable(str(failure)) from failure
+        try:
+            if self.config.metrics:  # the only cost of metrics when off
+                from .. import metrics
+
+                return metrics.timed(self, operation, args)
+            return operation(*args)
+        except SessionStoreUnavailable as exc:
+            self._store_failure = exc
+            raise
+
+    def _reject(
+        self, store_key: str, description: str, *, suspicious: bool, reason: Reason
+    ) -> None:
+        message = "Session %s… rejected: %s."
+        if suspicious:
+            security_logger.warning(message, hash_prefix(store_key), description)
+        else:
+            logger.info(message, hash_prefix(store_key), description)
+        emit(
+            session_rejected,
+            type(self),
+            key_hash_prefix=hash_prefix(store_key),
+            reason=reason,
+            description=description,
+        )
+
+    def _fresh_record(self, data: dict[str, Any], now: float, *, base: Record | None) -> Record:
+        config = self.config
+        now_s = int(now)
+        created = base.created if base is not None else now_s
+        age = self.get_expiry_age(modification=timezone.now(), expiry=data.get("_session_expiry"))
+        return Record(
+            user_id=record.user_id_of(data),
+            data=data,
+            version=(base.version + 1) if base is not None else 1,
+            created=created,
+            activity=now_s,
+            # A far-future set_expiry() is capped, not refused: the record must stay loadable.
+            expiry=max(0, min(now_s + int(age), record.MAX_TIMESTAMP)),
+            idle_deadline=(now_s + config.idle_timeout) if config.idle_timeout else None,
+            absolute_deadline=(created + config.absolute_timeout)
+            if config.absolute_timeout
+            else None,
+        )
+
+    # ------------------------------------------------------------------ policy helpers
+
+    def _past_deadline(self, rec: Record, now: float) -> bool:
+        return past_deadline(rec, now, self.config)
+
+    def needs_touch(self, now: float | None = None) -> bool:
+        """True when ``IDLE_TIMEOUT`` is on and the last recorded activity is older than
+        ``TOUCH_INTERVAL`` (or on every request without one)."""
+        config = self.config
+        rec = self._record
+        if config.idle_timeout is None or rec is None or self.modified:
+            return False
+        if config.touch_interval is None:
+            return True
+        return (now if now is not None else timeutil.now()) - rec.activity >= config.touch_interval
+
+    def cookie_max_age(self) -> int:
+        """Seconds the cookie should live: the expiry age, cut at the absolute deadline."""
+        age = int(self.get_expiry_age())
+        rec = self._record
+        if rec is not None and rec.absolute_deadline is not None:
+            age = min(age, rec.absolute_deadline - int(timeutil.now()))
+        return max(age, 0)
+
+    def _get_new_session_key(self) -> str:
+        # No exists() round trip: the atomic create detects collisions.
+        return keys.generate_key()
+
+    async def _aget_new_session_key(self) -> str:
+        return keys.generate_key()

@@ -1,0 +1,221 @@
+"""``SavingSession``: create, save and touch, with one encode-and-write path.
+
+A save is a version-checked write of a record encoded once into a pooled buffer.
+When another request wrote the record since this one loaded it, the three-way
+merge of ``hardened_sessions.merge`` applies only this request's changes onto the
+latest record, within ``KEY_ATTEMPTS`` (docs/design.rst, "Lost updates"). A save
+never brings back a record that was deleted meanwhile (``UpdateError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib.sessions.backends.base import UpdateError
+
+from .. import keys, merge, record, timeutil
+from ..exceptions import SessionKeyUnavailable, SessionStoreUnavailable
+from ..record import CorruptRecord, Record
+from ..signals import Reason, emit, session_conflict_merged, session_created, session_rotated
+from .core import EngineCore, Token, hash_prefix, logger
+
+__all__ = ["SavingSession"]
+
+
+class SavingSession(EngineCore):
+    """The save policy (see the module docstring)."""
+
+    def _write_encoded(
+        self,
+        buf: Any,
+        write: Callable[..., Token | None],
+        store_key: str,
+        rec: Record,
+        *token: Token,
+    ) -> Token | None:
+        """The one write path: ``rec`` was encoded into the pooled ``buf`` (size bound
+        checked on those exact bytes; under the session's lock when it snapshots the
+        live dict); the store gets a view of those bytes, released afterwards.
+        ``write`` is ``_write_new``, or ``_write_update`` with the expected ``token``."""
+        view = buf.view()
+        try:
+            return self._io(write, store_key, view, rec, *token)
+        finally:
+            view.release()
+
+    def create(self) -> None:
+        """Store the current data under a fresh key (``created`` starts now)."""
+        with self._write_lock:
+            config = self.config
+            with self.pool.buffer() as buf:
+                for _ in range(config.key_attempts):
+                    session_key = keys.generate_key()
+                    store_key = keys.store_key(session_key)
+                    with self._lock:
+                        data = self._get_session(no_load=True)
+                        rec = self._fresh_record(data, timeutil.now(), base=None)
+                        buf.wipe()
+                        record.encode(rec, store_key, buf, config.max_bytes)
+                    token = self._write_encoded(buf, self._write_new, store_key, rec)
+                    if token is not None:
+                        with self._lock:
+                            self._session_key = session_key
+                            self._record = rec
+                            self._token = token
+                            self._cleared = False
+                            self.modified = True
+                        self._started(store_key, rec)
+                        return
+            raise SessionKeyUnavailable(
+                f"{config.key_attempts} fresh session keys in a row collided with stored "
+                "sessions; the random source is not to be trusted."
+            )
+
+    def _started(self, store_key: str, rec: Record) -> None:
+        sender = type(self)
+        old = self._rotating_from
+        if old is None:
+            if session_created.has_listeners(sender) or self.config.metrics:
+                emit(
+                    session_created,
+                    sender,
+                    key_hash_prefix=hash_prefix(store_key),
+                    user_id=rec.user_id,
+                    reason=Reason.CREATED,
+                )
+        else:
+            emit(
+                session_rotated,
+                sender,
+                key_hash_prefix=hash_prefix(store_key),
+                old_key_hash_prefix=old,
+                user_id=rec.user_id,
+                reason=Reason.ROTATION,
+            )
+
+    def save(self, must_create: bool = False) -> None:
+        with self._write_lock:
+            with self._lock:
+                base = self._record
+                session_key = self.session_key
+            if must_create or base is None or not keys.is_well_formed(session_key):
+                # A key with no record behind it (unknown, expired, or set by hand) never
+                # gets one created under it: a save issues a fresh key.
+                self.create()
+                return
+            assert session_key is not None
+            self._update(keys.store_key(session_key), base, touch_only=False)
+
+    def touch(self) -> None:
+        """Record activity (a re-signed record with new deadlines, same data).
+
+        Raises ``UpdateError`` when the session was deleted meanwhile; a conflicting
+        save by another request already recorded activity, so that is a success.
+        """
+        with self._write_lock:
+            with self._lock:
+                base = self._record
+                session_key = self.session_key
+            if base is None or not keys.is_well_formed(session_key):
+                return
+            assert session_key is not None
+            self._update(keys.store_key(session_key), base, touch_only=True)
+
+    def _update(self, store_key: str, base: Record, *, touch_only: bool) -> None:
+        config = self.config
+        with self.pool.buffer() as buf:
+            with self._lock:
+                try:
+                    data = base.data if touch_only else self._session_cache
+                except AttributeError:
+                    # load() was called directly, without going through the dict.
+                    data = self._session_cache = base.data
+                rec = self._fresh_record(data, timeutil.now(), base=base)
+                cleared = self._cleared
+                token = self._token
+                record.encode(rec, store_key, buf, config.max_bytes)
+            new_token = self._write_encoded(buf, self._write_update, store_key, rec, token)
+        if new_token is not None:
+            self._saved(rec, new_token, base=base, snapshot=rec)
+            return
+        if touch_only:
+            # Someone else wrote meanwhile (their write counts as activity), unless the
+            # record is gone: then the session ended and the caller must know.
+            if self._io(self._read, store_key) is None:
+                raise UpdateError("The session was deleted before its activity was recorded.")
+            return
+        self._merge_and_write(store_key, base, rec, cleared)
+
+    def _merge_and_write(self, store_key: str, base: Record, ours: Record, cleared: bool) -> None:
+        """Apply this request's changes onto the latest stored record (version conflict;
+        the merge itself is ``hardened_sessions.merge``)."""
+        config = self.config
+        base_data = record.decode_payload_data(base.payload)
+        our_data = record.decode_payload_data(ours.payload)  # JSON-normalised snapshot
+        for _ in range(config.key_attempts):
+            with self.pool.buffer() as buf, self._conflict_guard():
+                found = self._io(self._read_for_update, store_key)
+                latest = self._decode_live(store_key, found)
+                if latest is None:
+                    raise UpdateError("The session was deleted before this request saved it.")
+                assert found is not None
+                token = latest.version if found[1] is None else found[1]
+                merged = merge.merge_onto_latest(base_data, our_data, latest.data, cleared=cleared)
+                rec = self._fresh_record(merged, timeutil.now(), base=latest)
+                record.encode(rec, store_key, buf, config.max_bytes)
+                new_token = self._write_encoded(buf, self._write_update, store_key, rec, token)
+            if new_token is not None:
+                logger.debug("Merged a concurrent save into session %s….", hash_prefix(store_key))
+                self._saved(rec, new_token, base=base, snapshot=ours, others=latest)
+                emit(
+                    session_conflict_merged,
+                    type(self),
+                    key_hash_prefix=hash_prefix(store_key),
+                    user_id=rec.user_id,
+                    reason=Reason.CONFLICT,
+                )
+                return
+        raise SessionStoreUnavailable(
+            f"Session {hash_prefix(store_key)}… kept changing under this request's save; "
+            f"gave up after {config.key_attempts} attempts."
+        )
+
+    def _decode_live(self, store_key: str, found: tuple[bytes, Token] | None) -> Record | None:
+        if found is None:
+            return None
+        try:
+            latest = record.decode(found[0], store_key, self.config.max_bytes)
+        except CorruptRecord as exc:
+            self._reject(store_key, exc.reason, suspicious=True, reason=Reason.BAD_RECORD)
+            return None
+        if self._past_deadline(latest, timeutil.now()):
+            return None
+        return latest
+
+    def _saved(
+        self,
+        rec: Record,
+        token: Token,
+        *,
+        base: Record,
+        snapshot: Record,
+        others: Record | None = None,
+    ) -> None:
+        with self._lock:
+            if others is not None:
+                # Bring the other requests' changes into memory too, keeping whatever
+                # this request changed since (so the next save diffs against the truth).
+                session = self._get_session(no_load=True)
+                merge.apply(
+                    session,
+                    merge.their_changes_for_memory(
+                        record.decode_payload_data(base.payload),
+                        record.decode_payload_data(snapshot.payload),
+                        others.data,
+                        session,
+                    ),
+                )
+            self._record = rec
+            self._token = token
+            self._cleared = False
