@@ -301,7 +301,7 @@ class HardenedSessionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("session"), ordering="key_hash")
     def key_prefix(self, obj: HardenedSession) -> str:
-        return f"{obj.key_hash[:8]}…"
+        return f"{row_id(obj)}…"
 
     @admin.display(description=_("user"), ordering="user_id")
     def user_display(self, obj: HardenedSession) -> str:

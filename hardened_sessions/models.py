@@ -56,7 +56,7 @@ class HardenedSession(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.key_hash[:8]}…"
+        return f"{self.key_hash[:16]}…"
 
     @classmethod
     def get_session_store_class(cls) -> Any:
@@ -106,4 +106,4 @@ class ImportedDjangoSession(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.key_hash[:8]}…"
+        return f"{self.key_hash[:16]}…"

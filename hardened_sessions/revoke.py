@@ -19,6 +19,7 @@ from django.db import router
 from django.utils import timezone
 
 from . import keys, record, timeutil
+from .backends.base import hash_prefix
 from .signals import Reason, emit, reason_and_description, session_revoked
 
 __all__ = ["revoke_sessions", "revoke_user_sessions", "user_sessions"]
@@ -162,7 +163,7 @@ def revoke_sessions(
             emit(
                 session_revoked,
                 store_class,
-                key_hash_prefix=key_hash[:8],
+                key_hash_prefix=hash_prefix(key_hash),
                 user_id=users.get(key_hash),
                 reason=reason,
                 description=description,
@@ -209,7 +210,7 @@ def revoke_user_sessions(
             emit(
                 session_revoked,
                 store_class,
-                key_hash_prefix=key_hash[:8],
+                key_hash_prefix=hash_prefix(key_hash),
                 user_id=pk,
                 reason=reason,
                 description=description,

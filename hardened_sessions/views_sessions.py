@@ -10,9 +10,8 @@
   session of the user but this browser's.
 
 A session is named by its *handle*: the first 16 hex digits of the SHA-256 of its key,
-the row id the admin shows (``hardened_sessions.admin.row_id``); the
-``session_revoked`` and ``session_rejected`` signals carry its first 8 digits
-(``key_hash_prefix``). A handle is never the key and cannot be turned into one. It is
+the row id the admin shows (``hardened_sessions.admin.row_id``); the signals carry the
+same digits (``key_hash_prefix``, ``session_handle``). A handle is never the key and cannot be turned into one. It is
 looked up among the requesting user's own live sessions only: another user's handle,
 an ended session's and one that never existed all get the same 404.
 

@@ -237,7 +237,7 @@ def test_deactivation_ends_every_session_at_once(
     # Gone from the store, before any of those clients comes back.
     assert not any(store.holds(key) for _, key in mine)
     assert sorted(r["key_hash_prefix"] for r in revocations) == sorted(
-        keys.store_key(key)[:8] for _, key in mine
+        keys.store_key(key)[:16] for _, key in mine
     )
     assert {(r["user_id"], _why(r)) for r in revocations} == {(str(alice.pk), "account disabled")}
     assert all(_whoami(client) is None for client, _ in mine)

@@ -45,7 +45,7 @@ PASSWORD = "admin password for tests"
 
 _TBODY = re.compile(r"<tbody>(.*?)</tbody>", re.S)
 _ROW = re.compile(r"<tr>(.*?)</tr>", re.S)
-_PREFIX_CELL = re.compile(r'class="field-key_prefix">(?:<a [^>]*>)?([0-9a-f]{8})…')
+_PREFIX_CELL = re.compile(r'class="field-key_prefix">(?:<a [^>]*>)?([0-9a-f]{16})…')
 _CHECKBOX = re.compile(r'name="_selected_action" value="([^"]*)"')
 _CHANGE_LINK = re.compile(r'href="([^"]*/change/)"')
 
@@ -136,7 +136,7 @@ def _listed(client: Client, **params: str) -> dict[str, str]:
 
 
 def _change_url(client: Client, key_hash: str) -> str:
-    row = _listed(client)[key_hash[:8]]
+    row = _listed(client)[key_hash[:16]]
     match = _CHANGE_LINK.search(row)
     assert match, "the row links to no detail page"
     return match.group(1)
@@ -146,7 +146,7 @@ def _run_action(client: Client, action: str, key_hashes: list[str]) -> Any:
     rows = _listed(client)
     selected = []
     for key_hash in key_hashes:
-        match = _CHECKBOX.search(rows[key_hash[:8]])
+        match = _CHECKBOX.search(rows[key_hash[:16]])
         assert match, "the row has no action checkbox"
         selected.append(match.group(1))
     return client.post(
@@ -184,14 +184,14 @@ def test_changelist_shows_prefixes_users_and_state(
     html = _html(admin_client.get(CHANGELIST))
     rows = _rows(html)
 
-    assert {alice_hash[:8], anon_hash[:8], old_hash[:8]} <= set(rows)
-    assert f"{alice_hash[:8]}…" in rows[alice_hash[:8]]
-    assert f'class="field-user_display">alice ({alice.pk})</td>' in rows[alice_hash[:8]]
-    assert 'class="field-user_display">—</td>' in rows[anon_hash[:8]]
-    assert 'class="field-is_active"><img' in rows[alice_hash[:8]]
-    assert 'alt="True"' in rows[alice_hash[:8]]
-    assert 'alt="True"' in rows[anon_hash[:8]]
-    assert 'alt="False"' in rows[old_hash[:8]]
+    assert {alice_hash[:16], anon_hash[:16], old_hash[:16]} <= set(rows)
+    assert f"{alice_hash[:16]}…" in rows[alice_hash[:16]]
+    assert f'class="field-user_display">alice ({alice.pk})</td>' in rows[alice_hash[:16]]
+    assert 'class="field-user_display">—</td>' in rows[anon_hash[:16]]
+    assert 'class="field-is_active"><img' in rows[alice_hash[:16]]
+    assert 'alt="True"' in rows[alice_hash[:16]]
+    assert 'alt="True"' in rows[anon_hash[:16]]
+    assert 'alt="False"' in rows[old_hash[:16]]
     for key in (alice_key, anon_key, old_key):
         assert key not in html
 
@@ -202,11 +202,11 @@ def test_the_full_key_hash_appears_nowhere_in_the_admin_html(
     _key, key_hash = _session(alice)
 
     changelist = _html(admin_client.get(CHANGELIST))
-    assert f"{key_hash[:8]}…" in changelist
+    assert f"{key_hash[:16]}…" in changelist
     assert key_hash not in changelist
 
     detail = _html(admin_client.get(_change_url(admin_client, key_hash)))
-    assert f"{key_hash[:8]}…" in detail
+    assert f"{key_hash[:16]}…" in detail
     assert key_hash not in detail
 
 
@@ -221,9 +221,9 @@ def test_state_filter(db_alias: str, admin_client: Client, alice: Any) -> None:
     active = set(_listed(admin_client, state="active"))
     expired = set(_listed(admin_client, state="expired"))
 
-    assert {live_hash[:8], anon_hash[:8]} <= active
-    assert not {dead_hash[:8], dead_anon_hash[:8]} & active
-    assert expired == {dead_hash[:8], dead_anon_hash[:8]}
+    assert {live_hash[:16], anon_hash[:16]} <= active
+    assert not {dead_hash[:16], dead_anon_hash[:16]} & active
+    assert expired == {dead_hash[:16], dead_anon_hash[:16]}
 
 
 def test_user_filter(db_alias: str, admin_client: Client, alice: Any, bob: Any) -> None:
@@ -236,23 +236,23 @@ def test_user_filter(db_alias: str, admin_client: Client, alice: Any, bob: Any) 
     signed_in = set(_listed(admin_client, user="signed-in"))
     anonymous = set(_listed(admin_client, user="anonymous"))
 
-    assert {alice_hash[:8], bob_hash[:8]} <= signed_in
-    assert not {anon_hash[:8], dead_anon_hash[:8]} & signed_in
-    assert anonymous == {anon_hash[:8], dead_anon_hash[:8]}
+    assert {alice_hash[:16], bob_hash[:16]} <= signed_in
+    assert not {anon_hash[:16], dead_anon_hash[:16]} & signed_in
+    assert anonymous == {anon_hash[:16], dead_anon_hash[:16]}
 
 
 def test_search_by_username_finds_that_users_sessions(
     db_alias: str, admin_client: Client, alice: Any, bob: Any
 ) -> None:
-    alice_hashes = {_session(alice)[1][:8] for _ in range(2)}
+    alice_hashes = {_session(alice)[1][:16] for _ in range(2)}
     _, bob_hash = _session(bob)
     _, anon_hash = _session(theme="dark")
 
     assert set(_listed(admin_client, q="alice")) == alice_hashes
     assert set(_listed(admin_client, q="ALI")) == alice_hashes
-    assert set(_listed(admin_client, q="bob")) == {bob_hash[:8]}
+    assert set(_listed(admin_client, q="bob")) == {bob_hash[:16]}
     assert _listed(admin_client, q="nobody-by-that-name") == {}
-    assert anon_hash[:8] in _listed(admin_client)
+    assert anon_hash[:16] in _listed(admin_client)
 
 
 # --- the detail page: read-only, values redacted ---------------------------------------
@@ -265,7 +265,7 @@ def test_change_view_is_read_only(db_alias: str, admin_client: Client, alice: An
 
     html = _html(admin_client.get(url))
 
-    assert f"{key_hash[:8]}…" in html
+    assert f"{key_hash[:16]}…" in html
     form = re.search(r'<form\b[^>]*id="hardenedsession_form".*?</form>', html, re.S)
     assert form, "no change form on the detail page"
     assert "alice" in form.group(0)  # the fields are there, as text
@@ -401,11 +401,14 @@ def test_revoke_selected_ends_the_sessions_through_the_engine(
 
     entries = list(_deletion_entries())
     assert len(entries) == 2
-    assert {entry.object_repr for entry in entries} == {f"{first_hash[:8]}…", f"{second_hash[:8]}…"}
+    assert {entry.object_repr for entry in entries} == {
+        f"{first_hash[:16]}…",
+        f"{second_hash[:16]}…",
+    }
     assert {entry.user_id for entry in entries} == {root.pk}
 
     assert sorted(signal["key_hash_prefix"] for signal in revocations) == sorted(
-        [first_hash[:8], second_hash[:8]]
+        [first_hash[:16], second_hash[:16]]
     )
     assert all(signal["sender"] is SessionStore for signal in revocations)
 
@@ -436,10 +439,10 @@ def test_revoke_users_ends_every_session_of_the_selected_users(
     assert HardenedSession.objects.using(db_alias).filter(user_id=str(root.pk)).exists()
 
     entries = list(_deletion_entries())
-    assert {entry.object_repr for entry in entries} == {f"{h[:8]}…" for _, h in alice_sessions}
+    assert {entry.object_repr for entry in entries} == {f"{h[:16]}…" for _, h in alice_sessions}
     assert len(entries) == 3
     assert sorted(signal["key_hash_prefix"] for signal in revocations) == sorted(
-        h[:8] for _, h in alice_sessions
+        h[:16] for _, h in alice_sessions
     )
     assert "3 sessions of 1 user(s) revoked." in _html(admin_client.get(response["Location"]))
 
@@ -521,7 +524,7 @@ def test_staff_without_delete_permission_sees_no_actions_and_cannot_run_them(
 
     html = _html(viewer.get(CHANGELIST))
 
-    assert key_hash[:8] in _rows(html)
+    assert key_hash[:16] in _rows(html)
     assert 'name="action"' not in html
     assert "action-select" not in html
     assert "revoke_selected" not in html

@@ -93,7 +93,7 @@ def saved(**data: Any) -> str:
 
 
 def prefix(session_key: str) -> str:
-    return keys.store_key(session_key)[:8]
+    return keys.store_key(session_key)[:16]
 
 
 def only(events: list[tuple[str, dict[str, Any]]], name: str) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def test_created(engine: str, events: list[tuple[str, dict[str, Any]]]) -> None:
     key = saved(a=1)
     sent = only(events, "created")
     assert sent["key_hash_prefix"] == prefix(key)
-    assert len(sent["key_hash_prefix"]) == 8
+    assert len(sent["key_hash_prefix"]) == 16
     assert sent["reason"] is Reason.CREATED
     assert sent["user_id"] is None
     assert sent["sender"] is type(store())

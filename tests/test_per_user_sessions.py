@@ -202,7 +202,7 @@ def test_revoke_user_sessions_keeps_one_and_ends_the_others(
     assert _store(bobs).load() == {"_auth_user_id": str(bob.pk), "device": "desk"}
     assert _store(anonymous).load() == {"theme": "dark"}
     assert sorted(s["key_hash_prefix"] for s in revocations) == sorted(
-        keys.store_key(k)[:8] for k in others
+        keys.store_key(k)[:16] for k in others
     )
     assert {s["user_id"] for s in revocations} == {str(alice.pk)}
 
@@ -235,7 +235,7 @@ def test_revoke_user_sessions_counts_only_sessions_that_were_live(
 
     assert not _rows(db_alias, alice).exists()  # the expired row is gone as well
     assert sorted(s["key_hash_prefix"] for s in revocations) == sorted(
-        keys.store_key(k)[:8] for k in live
+        keys.store_key(k)[:16] for k in live
     )
 
 
@@ -531,7 +531,7 @@ def test_max_sessions_per_user_ends_the_oldest_at_the_next_login(
         )
         assert SessionStore(first_key).load() == {}
         assert [(s["key_hash_prefix"], s["user_id"]) for s in revocations] == [
-            (keys.store_key(first_key)[:8], str(alice.pk))
+            (keys.store_key(first_key)[:16], str(alice.pk))
         ]
         assert _whoami(first) is None
         assert _whoami(second) == "alice"

@@ -185,7 +185,7 @@ def test_end_one_session(engine: str, alice: Any) -> None:
     assert is_signed_in(tablet)
     assert sorted(handles_listed(laptop.get(LIST))) == sorted([handle(laptop), handle(tablet)])
     # The signal names the session by the first 8 digits of the same handle.
-    assert [r["key_hash_prefix"] for r in received] == [phone_handle[:8]]
+    assert [r["key_hash_prefix"] for r in received] == [phone_handle]
     assert received[0]["user_id"] == str(alice.pk)
     # Ended: its handle is now unknown.
     assert laptop.post(f"/sessions/{phone_handle}/end/").status_code == 404

@@ -176,9 +176,9 @@ def test_the_page_shows_the_cache_and_never_the_tables_rows(
     for html in (front, searched):
         assert 'id="engine-notice"' in html
         assert "Anonymous sessions are not listed" in html
-        assert stale[:8] not in html
-        assert anonymous[:8] not in html
-        assert bobs[:8] not in html
+        assert stale[:16] not in html
+        assert anonymous[:16] not in html
+        assert bobs[:16] not in html
         assert "result_list" not in html or variant != "pymemcache"
     assert _listed(front) == set()
     if variant == "pymemcache":
@@ -193,7 +193,7 @@ def test_the_page_shows_the_cache_and_never_the_tables_rows(
     assert _listed(searched) == {key_hash[:ROW_ID_LENGTH] for _, key_hash in mine}
     assert "Live sessions of alice" in searched
     for key, key_hash in mine:
-        assert f"{key_hash[:8]}…" in searched
+        assert f"{key_hash[:16]}…" in searched
         assert key_hash not in searched
         assert key not in searched
 
@@ -249,7 +249,7 @@ def test_revoke_one_session_ends_it_and_reports_it(
     assert _listed(response.content.decode()) == {kept_hash[:ROW_ID_LENGTH]}
     [entry] = _deletions()
     assert entry.object_id == gone_hash[:ROW_ID_LENGTH]
-    assert entry.object_repr == f"{gone_hash[:8]}…"
+    assert entry.object_repr == f"{gone_hash[:16]}…"
 
     # Again: nothing left to end, and the page says so, as a warning.
     again = _post(root_client, action="revoke_session", user=str(alice.pk), session=gone_hash[:16])
@@ -372,4 +372,4 @@ def test_an_engine_of_another_package_lists_no_rows(alice: Any) -> None:
 
     assert 'id="engine-notice"' in html
     assert "not an engine of hardened_sessions" in html
-    assert stale[:8] not in html
+    assert stale[:16] not in html

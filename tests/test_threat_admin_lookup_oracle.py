@@ -51,7 +51,7 @@ OTP_SECRET = "JBSWY3DPEHPK3PXP"
 USER_AGENT = "Mozilla/5.0 (secret-agent 7.1)"
 IP_ADDRESS = "10.11.12.13"
 
-_PREFIX_CELL = re.compile(r'class="field-key_prefix">(?:<a [^>]*>)?([0-9a-f]{8})…')
+_PREFIX_CELL = re.compile(r'class="field-key_prefix">(?:<a [^>]*>)?([0-9a-f]{16})…')
 
 
 @pytest.fixture(autouse=True)
@@ -198,7 +198,7 @@ def test_a_revoker_cannot_select_rows_by_a_hidden_column(
 def test_the_offered_parameters_still_work(
     db_alias: str, viewer: Client, victim: HardenedSession
 ) -> None:
-    prefix = victim.key_hash[:8]
+    prefix = victim.key_hash[:16]
     for params in (
         {},
         {"state": "active"},
@@ -326,11 +326,11 @@ def test_log_entries_name_the_session_by_its_row_id_never_its_hash(
         action_flag=DELETION, content_type=ContentType.objects.get_for_model(HardenedSession)
     )
     assert entry.object_id == victim.key_hash[:ROW_ID_LENGTH]
-    assert entry.object_repr == f"{victim.key_hash[:8]}…"
+    assert entry.object_repr == f"{victim.key_hash[:16]}…"
     assert victim.key_hash not in entry.change_message
     # The admin's "recent actions" show it without the hash.
     index = revoker.get("/admin/").content.decode()
-    assert f"{victim.key_hash[:8]}…" in index
+    assert f"{victim.key_hash[:16]}…" in index
     assert victim.key_hash not in index
 
 

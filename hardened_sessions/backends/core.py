@@ -43,7 +43,7 @@ def hash_prefix(store_key: str) -> str:
     """The only part of a session's identity that may appear in logs and signals: its
     handle, the first 16 hex digits of the key's SHA-256 (the admin's row id, the
     handle of the sessions pages)."""
-    return store_key[:8]
+    return store_key[:16]
 
 
 def past_deadline(rec: Record, now: float, config: Config) -> bool:

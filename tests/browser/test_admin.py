@@ -46,7 +46,7 @@ def test_admin_shows_sessions_and_revokes_one(
     assert response is not None and response.status == 200
     checkbox = page.locator(f"input[name=_selected_action][value='{victim_hash[:16]}']")
     expect(checkbox).to_have_count(1)
-    expect(page.locator("#result_list")).to_contain_text(f"{victim_hash[:8]}…")
+    expect(page.locator("#result_list")).to_contain_text(f"{victim_hash[:16]}…")
     assert victim_cookie["value"] not in page.content()
     shot(page, "changelist")
 
@@ -105,7 +105,7 @@ def test_admin_on_the_cache_engine_finds_a_user_and_revokes_a_session(
         page.click("#changelist-search input[type=submit]")
         row = page.locator(f"tr[data-row-id='{victim_hash[:16]}']")
         expect(row).to_have_count(1)
-        expect(row).to_contain_text(f"{victim_hash[:8]}…")
+        expect(row).to_contain_text(f"{victim_hash[:16]}…")
         assert victim_cookie["value"] not in page.content()
         assert victim_hash not in page.content()
         shot(page, "cache-engine-search")
