@@ -30,6 +30,10 @@ class HardenedSessionsConfig(AppConfig):
             )
             # A login is a proof of identity: "sudo mode" counts from it (reauth.py).
             user_logged_in.connect(record_login, dispatch_uid="hardened_sessions.record_login")
+            # A login from a device the user's other live sessions do not have (device.py).
+            user_logged_in.connect(
+                device.notify_new_device, dispatch_uid="hardened_sessions.notify_new_device"
+            )
 
         # Sessions follow the account: deactivation and deletion end them (account.py).
         from .account import install as install_account_lifecycle

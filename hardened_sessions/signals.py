@@ -1,9 +1,10 @@
 """Signals sent by hardened_sessions: one for each way a session starts and ends.
 
-Every signal but ``sessions_swept`` carries ``key_hash_prefix`` (the first 8 hex
-digits of the store key: never the session key, never the whole hash) and
-``reason``, a :class:`Reason` member. ``Reason`` is a ``StrEnum``: a member *is* a
-``str`` (``Reason.LOGOUT == "logout"``), so a receiver written as
+Every signal but ``sessions_swept`` and ``session_new_device`` carries
+``key_hash_prefix``, the session's handle (the first 16 hex digits of the store key, as
+the admin's row id and the sessions pages show it: never the session key, never the
+whole hash) and ``reason``, a :class:`Reason` member. ``Reason`` is a ``StrEnum``: a
+member *is* a ``str`` (``Reason.LOGOUT == "logout"``), so a receiver written as
 ``def receiver(sender, key_hash_prefix, reason, **kwargs)`` can be connected to any
 of them. ``description`` is the human text (what ``reason`` itself carried before it became a ``Reason``).
 ``sender`` is the engine's ``SessionStore`` class.
@@ -38,11 +39,23 @@ of them. ``description`` is the human text (what ``reason`` itself carried befor
 
 ``session_rejected(sender, key_hash_prefix, reason, description)``
     A stored record was refused on load: ``BAD_RECORD`` (bad signature, corrupt,
-    oversize, not JSON: ``description`` says which) or ``PAST_DEADLINE``.
+    oversize, not JSON: ``description`` says which) or ``PAST_DEADLINE``; or a login was
+    refused because the user had ``MAX_SESSIONS_PER_USER`` live sessions under
+    ``MAX_SESSIONS_POLICY = "refuse"``: ``SESSION_LIMIT`` (``key_hash_prefix`` names
+    the refused session, which was not stored).
 
 ``session_conflict_merged(sender, key_hash_prefix, user_id, reason=CONFLICT, description)``
     A save met a record another request had saved meanwhile and applied this
     request's changes onto it (docs/design.rst, "concurrent requests on one session").
+
+``session_new_device(sender, user, request, session_handle)``
+    A login (Django's ``user_logged_in``) from a device that none of the user's other
+    live sessions has: another browser family or operating system family, or, when
+    ``DEVICE_METADATA`` keeps the address, another network (``/24``, ``/48``).
+    ``session_handle`` is the new session's handle (the admin's row id). Not sent when
+    the user has no other live session with device metadata (a first login), nor where
+    nothing of the device is kept (the cache engine, ``DEVICE_METADATA`` off):
+    :func:`hardened_sessions.device.notify_new_device`. It carries no ``reason``.
 
 Signals cost nothing measurable when nobody listens: they are sent off the common
 path (a load of a live record and a save without a conflict send nothing), and
@@ -62,6 +75,7 @@ __all__ = [
     "session_conflict_merged",
     "session_created",
     "session_expired",
+    "session_new_device",
     "session_rejected",
     "session_revoked",
     "session_rotated",
@@ -85,6 +99,7 @@ class Reason(enum.StrEnum):
     PAST_DEADLINE = "past_deadline"
     BAD_RECORD = "bad_record"
     CONFLICT = "conflict"
+    SESSION_LIMIT = "session_limit"
 
     @property
     def description(self) -> str:
@@ -106,6 +121,7 @@ _DESCRIPTIONS: dict[Reason, str] = {
     Reason.PAST_DEADLINE: "past its deadline",
     Reason.BAD_RECORD: "bad record",
     Reason.CONFLICT: "merged a concurrent save",
+    Reason.SESSION_LIMIT: "login refused: MAX_SESSIONS_PER_USER sessions are live",
 }
 
 # The free texts callers passed as ``reason`` at first, so they still map to a reason.
@@ -139,6 +155,7 @@ sessions_swept = Signal(use_caching=True)
 # Sent with any sender (a class, or None from a project's own code): no caching.
 session_rejected = Signal()
 session_revoked = Signal()
+session_new_device = Signal()
 
 _EVENTS: dict[Signal, str] = {
     session_created: "created",

@@ -47,6 +47,19 @@ def restart_session_clock(sender: Any, request: HttpRequest, user: Any, **kwargs
     request.session[STARTED_KEY] = timezone.now().isoformat()
 
 
+def notice_new_device(
+    sender: Any, user: Any, request: HttpRequest, session_handle: str, **kwargs: Any
+) -> None:
+    """``session_new_device``: a notice on the next page. A real site would e-mail the
+    account's owner too, since the one reading this page may be who signed in."""
+    messages.warning(
+        request,
+        f"New sign-in to {user.get_username()} from a device none of its other sessions "
+        f"has (session {session_handle}). Not you? End it under Your sessions.",
+        extra_tags="new-device",
+    )
+
+
 def session_size(request: HttpRequest) -> int:
     """Size of the session data as JSON: close to what the engine stores (the record
     adds a signature and a few timestamps)."""

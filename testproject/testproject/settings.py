@@ -10,7 +10,9 @@ switch the store:
 - ``HS_DEMO_MEMCACHED``: sessions in memcached through Django's ``PyMemcacheCache``,
   e.g. ``127.0.0.1:11211`` (several servers: comma-separated);
 - ``HS_DEMO_SHORT_TIMEOUTS=1``: sessions end after 60 seconds without a request and
-  180 seconds after login at the latest, so that expiry can be watched.
+  180 seconds after login at the latest, so that expiry can be watched;
+- ``HS_DEMO_REAUTH_MAX_AGE``: seconds a proof of identity counts for the sensitive page
+  (default 120), e.g. ``5`` to see the re-authentication page after a short wait.
 
 This is a demo: the secret key is public and DEBUG is on. Do not deploy it.
 """
@@ -150,6 +152,8 @@ HARDENED_SESSIONS = {
 
 if os.environ.get("HS_DEMO_SHORT_TIMEOUTS", "") not in {"", "0", "false", "no", "off"}:
     HARDENED_SESSIONS.update(IDLE_TIMEOUT=60, ABSOLUTE_TIMEOUT=180, TOUCH_INTERVAL=10)
+if _reauth_max_age := os.environ.get("HS_DEMO_REAUTH_MAX_AGE"):
+    HARDENED_SESSIONS["REAUTH_MAX_AGE"] = int(_reauth_max_age)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
