@@ -69,6 +69,7 @@ from urllib.parse import parse_qsl, urlsplit
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
+from . import cap  # noqa: F401  (registers hardened_sessions.W402)
 from .conf import DEFAULTS, cookie_problems, validate
 
 __all__ = ["JSON_SERIALIZERS", "RECOMMENDED_SQLITE_OPTIONS"]

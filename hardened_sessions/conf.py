@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "DEVICE_METADATA": False,
     "METADATA_RETENTION": None,
     "MAX_SESSIONS_PER_USER": None,
+    "MAX_SESSIONS_POLICY": "end_oldest",
     "REVOKE_ON_PASSWORD_CHANGE": True,
     "REAUTH_MAX_AGE": 900,
     "REAUTH_URL": None,
@@ -61,6 +62,9 @@ MAX_KEY_ATTEMPTS = 100
 MAX_TIMEOUT = 10 * 365 * 24 * 3600
 MAX_WAIT_REPLICAS = 100
 MAX_WAIT_TIMEOUT_MS = 60_000
+# MAX_SESSIONS_POLICY: a login over MAX_SESSIONS_PER_USER ends the user's oldest
+# sessions, or is refused.
+MAX_SESSIONS_POLICIES = ("end_oldest", "refuse")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Config:
     device_user_agent: str | None = None  # "raw", "parsed" or None
     metadata_retention: int | None = None
     max_sessions_per_user: int | None = None
+    max_sessions_policy: str = "end_oldest"
     revoke_on_password_change: bool = True
     reauth_max_age: int = 900
     reauth_url: str | None = None
@@ -185,6 +190,12 @@ def validate(raw: Any) -> list[str]:
             "HARDENED_SESSIONS['MAX_SESSIONS_PER_USER'] must be None or a positive integer, "
             f"not {cap!r}."
         )
+    policy = merged["MAX_SESSIONS_POLICY"]
+    if policy not in MAX_SESSIONS_POLICIES:
+        problems.append(
+            "HARDENED_SESSIONS['MAX_SESSIONS_POLICY'] must be one of "
+            f"{', '.join(repr(p) for p in MAX_SESSIONS_POLICIES)}, not {policy!r}."
+        )
     reauth_age = merged["REAUTH_MAX_AGE"]
     if not _is_int(reauth_age) or not 0 < reauth_age <= MAX_TIMEOUT:
         problems.append(
@@ -263,6 +274,7 @@ def get_config() -> Config:
         device_user_agent=device["USER_AGENT"],
         metadata_retention=merged["METADATA_RETENTION"],
         max_sessions_per_user=merged["MAX_SESSIONS_PER_USER"],
+        max_sessions_policy=merged["MAX_SESSIONS_POLICY"],
         revoke_on_password_change=merged["REVOKE_ON_PASSWORD_CHANGE"],
         reauth_max_age=merged["REAUTH_MAX_AGE"],
         reauth_url=merged["REAUTH_URL"],

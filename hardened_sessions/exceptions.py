@@ -13,6 +13,7 @@ from django.core.exceptions import SuspiciousOperation
 __all__ = [
     "HardenedSessionError",
     "SessionKeyUnavailable",
+    "SessionLimitReached",
     "SessionRotationFailed",
     "SessionStoreUnavailable",
     "SessionTooLarge",
@@ -45,3 +46,16 @@ class SessionKeyUnavailable(HardenedSessionError):
 
 class SessionStoreUnavailable(HardenedSessionError):
     """The session store could not be read or written; the outcome is unknown, so fail closed."""
+
+
+class SessionLimitReached(HardenedSessionError):
+    """The user already has ``MAX_SESSIONS_PER_USER`` live sessions and
+    ``MAX_SESSIONS_POLICY`` is ``"refuse"``: the session that was to gain the user was
+    not stored (and the record it had before, if any, was deleted)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"The user already has {limit} live session(s), the most "
+            "HARDENED_SESSIONS['MAX_SESSIONS_PER_USER'] allows; this login was refused."
+        )

@@ -9,6 +9,9 @@ What it adds to Django's behaviour:
   middleware, during the save) answers **503** with ``Retry-After``, the cookie
   left as it was; so does a key that cannot be drawn or a failed rotation
   (which also expires the cookie);
+* a login refused by ``MAX_SESSIONS_PER_USER`` under ``MAX_SESSIONS_POLICY =
+  "refuse"`` (``SessionLimitReached``) answers **409**, sets no session cookie and
+  expires the one the browser sent;
 * a record over ``MAX_BYTES`` answers **400** and is logged on
   ``django.security.SessionTooLarge``; a save of changed data into a session
   ended meanwhile answers **400** (``SessionInterrupted``), while a mere
@@ -27,7 +30,7 @@ Over a session engine that is not hardened (Django's ``signed_cookies``, ``file`
 Django's ``SessionMiddleware``, response for response; only the cookie settings are
 still refused as above. The system check ``hardened_sessions.W201`` says so.
 
-The 400 and 503 bodies are plain text unless ``HARDENED_SESSIONS["FAILURE_VIEW"]``
+The 400, 409 and 503 bodies are plain text unless ``HARDENED_SESSIONS["FAILURE_VIEW"]``
 names a view ``view(request, status, reason)`` that renders them (a view that raises
 leaves the plain answer, and is logged).
 """
@@ -53,6 +56,7 @@ from .conf import cookie_settings, get_config
 from .exceptions import (
     HardenedSessionError,
     SessionKeyUnavailable,
+    SessionLimitReached,
     SessionRotationFailed,
     SessionStoreUnavailable,
     SessionTooLarge,
@@ -69,6 +73,10 @@ REASON_UNAVAILABLE = "The session store is unavailable; please retry shortly."
 REASON_KEY = "No secure session key could be issued; please retry shortly."
 REASON_ROTATION = "The session could not be renewed; please sign in again shortly."
 REASON_TOO_LARGE = "The session grew larger than this site allows."
+REASON_SESSION_LIMIT = (
+    "You are signed in on as many devices as this site allows. Sign out on another "
+    "device, or end one of your other sessions there, then sign in again."
+)
 REASON_INTERRUPTED = (
     "The request's session was ended before the request completed "
     "(a logout in another tab, for example)."
@@ -175,6 +183,15 @@ class HardenedSessionMiddleware(SessionMiddleware):
                 "Session not saved: %s bytes over the limit of %s.", exc.size, exc.limit
             )
             return self.failure_response(request, 400, REASON_TOO_LARGE)
+        if isinstance(exc, SessionLimitReached):
+            # MAX_SESSIONS_POLICY = "refuse": nothing was stored for this login, so the
+            # browser's cookie (if any) names no session any more.
+            return self.failure_response(
+                request,
+                409,
+                REASON_SESSION_LIMIT,
+                expire_cookie=cookie_settings().name in request.COOKIES,
+            )
         if isinstance(exc, SessionRotationFailed):
             logger.error("Session rotation failed: %s", exc)
             return self.failure_response(request, 503, REASON_ROTATION, expire_cookie=True)

@@ -11,6 +11,9 @@ the routers choose (``db_for_read`` for loads, ``db_for_write`` for the rest).
   base class re-reads the row in a transaction (``SELECT … FOR UPDATE`` where the
   database has it) and writes the merge;
 * delete: one ``DELETE``;
+* with ``MAX_SESSIONS_PER_USER``, the write of a session gaining its user (a login)
+  runs in one transaction under a per-user lock, with the trim (or refusal) of the
+  user's other sessions (see :meth:`SessionStore._capped_write`, :mod:`..cap`);
 * errors of the database (unreachable, locked past its timeout, a write refused by a
   trigger or a foreign key) become ``SessionStoreUnavailable``; a locked database is
   retried a few times first; a missing table is logged as an ERROR that says to run
@@ -48,11 +51,14 @@ from django.db import (
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from ..cap import UserCap, cap_for, mysql_user_lock_name, user_lock_id
+from ..cap import refuse as refuse_login
+from ..cap import report as report_cap
 from ..conf import get_config
 from ..device import stored_ip, stored_user_agent
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
-from ..signals import Reason, emit, session_revoked, sessions_swept
+from ..signals import emit, sessions_swept
 from .base import HardenedSessionBase, Token, hash_prefix
 
 __all__ = ["LOCK_ID", "SessionStore", "mysql_lock_name", "single_runner"]
@@ -74,6 +80,12 @@ _INSERT_OR_NOTHING = frozenset({"postgresql", "sqlite"})
 # MySQL/MariaDB: ER_DUP_ENTRY. A duplicate key fails only its statement there, never
 # the transaction around it.
 _MYSQL_DUPLICATE_KEY = 1062
+
+# Seconds a login waits for the per-user lock held by another login of the same user
+# (MAX_SESSIONS_PER_USER) before it fails closed (503).
+_USER_LOCK_TIMEOUT = 5
+# Databases whose logins take a per-user lock (hardened_sessions.cap).
+_USER_LOCKING = frozenset({"postgresql", "mysql", "sqlite"})
 
 # Python's sqlite3 waits this long for a lock when OPTIONS has no "timeout".
 _SQLITE_DEFAULT_TIMEOUT = 5.0
@@ -404,9 +416,8 @@ class SessionStore(HardenedSessionBase):
                     return 0
                 raise
 
-        if vendor in _INSERT_OR_NOTHING or vendor == "mysql":
-            inserted = self._run(alias, insert, "create a session", write=True)
-        else:
+        write = insert
+        if vendor not in _INSERT_OR_NOTHING and vendor != "mysql":
             # Another database: a collision is an IntegrityError, which may break a
             # caller's transaction, so the INSERT runs in a savepoint there.
             def insert_in_savepoint() -> int:
@@ -416,10 +427,14 @@ class SessionStore(HardenedSessionBase):
                 except IntegrityError:
                     return 0
 
-            inserted = self._run(alias, insert_in_savepoint, "create a session", write=True)
+            write = insert_in_savepoint
+        cap = cap_for(self.config, rec.user_id, None)
+        if cap is not None:
+            inserted = self._capped_write(alias, store_key, cap, write, "create a session")
+        else:
+            inserted = self._run(alias, write, "create a session", write=True)
         if not inserted:
             return None
-        self._enforce_cap(store_key, rec)
         return rec.version
 
     def _write_update(
@@ -441,44 +456,167 @@ class SessionStore(HardenedSessionBase):
                 cursor.execute(sql, params)
                 return int(cursor.rowcount)
 
-        if not self._run(alias, update, "save a session", write=True):
+        previous = self._record.user_id if self._record is not None else None
+        cap = cap_for(self.config, rec.user_id, previous)
+        if cap is not None:
+            updated = self._capped_write(
+                alias, store_key, cap, update, "save a session", existing=True
+            )
+        else:
+            updated = self._run(alias, update, "save a session", write=True)
+        if not updated:
             return None
-        self._enforce_cap(store_key, rec)
         return rec.version
 
-    def _enforce_cap(self, store_key: str, rec: Record) -> None:
-        """With MAX_SESSIONS_PER_USER, a session that just gained its user ends the
-        user's oldest other sessions beyond the cap."""
-        cap = self.config.max_sessions_per_user
-        previous = self._record.user_id if self._record is not None else None
-        if cap is None or rec.user_id is None or rec.user_id == previous:
+    # -- MAX_SESSIONS_PER_USER (hardened_sessions.cap) ------------------------------
+
+    def _capped_write(
+        self,
+        alias: str,
+        store_key: str,
+        cap: UserCap,
+        write: Callable[[], int],
+        what: str,
+        *,
+        existing: bool = False,
+    ) -> int:
+        """``write`` (the INSERT or UPDATE of a session gaining its user; rows written)
+        and the cap, in one transaction under the user's lock: the user's other live
+        sessions are trimmed to the newest ``limit - 1`` (by creation), or, under the
+        refuse policy with ``limit`` of them live, nothing is written (the session's
+        ``existing`` row is deleted) and ``SessionLimitReached`` is raised.
+
+        The lock (see :meth:`_user_lock`) makes two logins of one user take turns, each
+        seeing the other's committed row: they can never each end the other."""
+        connection = connections[alias]
+        refused = False
+        with self._user_lock(connection, cap.user):
+            atomic = transaction.atomic(using=alias)
+            self._run(alias, atomic.__enter__, "start a transaction")
+            try:
+                self._lock_user_in_transaction(connection, cap.user)
+                others = self._live_others(alias, cap.user, store_key)
+                if cap.refuse and len(others) >= cap.limit:
+                    refused = True
+                    written = 0
+                    if existing:
+                        self._remove(store_key)
+                else:
+                    written = self._run(alias, write, what)
+                    if written:
+                        for key_hash in others[cap.limit - 1 :]:
+                            if self._remove(key_hash):
+                                cap.ended.append(key_hash)
+            except BaseException as exc:
+                atomic.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            try:
+                atomic.__exit__(None, None, None)
+            except DatabaseError as exc:
+                raise self._unavailable(alias, "commit a login's session", exc) from exc
+        if refused:
+            raise refuse_login(type(self), store_key, cap)
+        report_cap(type(self), cap, cap.ended)
+        return written
+
+    @contextmanager
+    def _user_lock(self, connection: BaseDatabaseWrapper, user: str) -> Iterator[None]:
+        """Around the transaction: MySQL/MariaDB's ``GET_LOCK`` (a connection's lock,
+        released after the commit, so the next login reads this one's row), within
+        ``_USER_LOCK_TIMEOUT``; on SQLite the engine's in-process write queue (as every
+        write of the engine). Inside a caller's transaction MySQL's lock is released
+        when this write's savepoint ends, before the caller commits (docs/settings.rst)."""
+        if connection.vendor == "sqlite":
+            with _serialised_write(connection, "enforce MAX_SESSIONS_PER_USER"):
+                yield
             return
+        if connection.vendor != "mysql":
+            yield
+            return
+        alias = connection.alias
+        name = mysql_user_lock_name(str(connection.settings_dict["NAME"]), user)
+
+        def take() -> Any:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT GET_LOCK(%s, %s)", [name, _USER_LOCK_TIMEOUT])
+                return cursor.fetchone()[0]
+
+        obtained = self._run(alias, take, "take a user's login lock")
+        if obtained != 1:
+            logger.warning(
+                "Session store %r: another login of the same user held its lock for "
+                "%d s; failing this one.",
+                alias,
+                _USER_LOCK_TIMEOUT,
+            )
+            raise SessionStoreUnavailable(
+                f"The session database {alias!r} could not take a user's login lock "
+                f"within {_USER_LOCK_TIMEOUT} s."
+            )
+        try:
+            yield
+        finally:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+            except DatabaseError as exc:
+                # The lock belongs to the connection: closing it releases it for sure.
+                logger.warning("Could not release a user's login lock on %r: %s", alias, exc)
+                connection.close()
+
+    def _lock_user_in_transaction(self, connection: BaseDatabaseWrapper, user: str) -> None:
+        """Inside the transaction: PostgreSQL's transaction-level advisory lock on the
+        user (waiting at most ``_USER_LOCK_TIMEOUT``: ``lock_timeout`` is set for that
+        statement only); SQLite's write lock, taken by a write first on a deferred
+        transaction (an IMMEDIATE one holds it from BEGIN)."""
+        alias = connection.alias
+        if connection.vendor == "postgresql":
+
+            def lock() -> None:
+                with connection.cursor() as cursor:
+                    # The setting as it was (a caller's transaction may go on after this).
+                    cursor.execute(
+                        "SELECT current_setting('lock_timeout'), "
+                        "set_config('lock_timeout', %s, true)",
+                        [f"{_USER_LOCK_TIMEOUT * 1000}ms"],
+                    )
+                    previous = cursor.fetchone()[0]
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [user_lock_id(user)])
+                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+
+            self._run(alias, lock, "take a user's login lock")
+        elif _upgrades_read_lock(connection):
+            claim = self._sql(alias, "claim")
+
+            def take_write_lock() -> None:
+                with connection.cursor() as cursor:
+                    cursor.execute(claim)
+
+            self._run(alias, take_write_lock, "take the database's write lock")
+
+    def _live_others(self, alias: str, user: str, store_key: str) -> list[str]:
+        """Key hashes of the user's other live sessions, newest first (by creation).
+        Expired rows not swept yet are no sessions: they take no slot."""
         from django.utils import timezone
 
-        alias = self._db_write()
-        user_id = rec.user_id
+        connection = connections[alias]
         now = timezone.now()
-        others = self._run(
-            alias,
-            lambda: list(
+
+        def others() -> list[str]:
+            rows = (
                 self.model.objects.using(alias)
-                # Expired rows not swept yet are no sessions: they take no slot.
-                .filter(user_id=user_id, expire_date__gt=now)
+                .filter(user_id=user, expire_date__gt=now)
                 .exclude(pk=store_key)
-                .order_by("-created", "-last_activity")
-                .values_list("pk", flat=True)
-            ),
-            "list a user's sessions",
-        )
-        for key_hash in others[cap - 1 :]:
-            if self._remove(key_hash):
-                emit(
-                    session_revoked,
-                    type(self),
-                    key_hash_prefix=hash_prefix(key_hash),
-                    user_id=user_id,
-                    reason=Reason.CAP,
-                )
+                .order_by("-created", "-last_activity", "-pk")
+            )
+            if connection.vendor not in _USER_LOCKING and (
+                connection.features.has_select_for_update
+            ):
+                # No per-user lock on this database: at least the rows read stay put.
+                rows = rows.select_for_update()
+            return list(rows.values_list("pk", flat=True))
+
+        return self._run(alias, others, "list a user's sessions")
 
     def _remove(self, store_key: str) -> bool:
         alias = self._db_write()

@@ -40,6 +40,8 @@ from typing import Any
 
 from django.conf import settings
 
+from ..cap import UserCap, peek_created
+from ..exceptions import SessionLimitReached
 from ..record import peek_version
 from . import KEY_NAMESPACE
 
@@ -167,6 +169,8 @@ def _int_option(params: dict[str, Any], name: str, default: int) -> int:
 class LocMemByteStore:
     # One lock covers a session and its user's index: the index is exact.
     supports_user_index = True
+    # ... and enforces MAX_SESSIONS_PER_USER under it (add / cas with ``cap``).
+    supports_user_cap = True
 
     def __init__(
         self,
@@ -216,7 +220,14 @@ class LocMemByteStore:
         return entry.value, peek_version(entry.value)
 
     def add(
-        self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        version: int,
+        user: str | None = None,
+        *,
+        cap: UserCap | None = None,
     ) -> Any | None:
         k = self._key(key)
         data = bytes(value)
@@ -225,8 +236,10 @@ class LocMemByteStore:
             now = time.time()
             if records.live(k, now) is not None:
                 return None
+            others = self._capped_others(records, key, user, cap, now)
             records.make_room(self.max_entries, self.cull_frequency, now)
             records.put(k, _Entry(data, now + max(1, ttl), key, user))
+            self._trim(records, others, cap)
         return version
 
     def cas(
@@ -237,6 +250,8 @@ class LocMemByteStore:
         token: Any,
         version: int,
         user: str | None = None,
+        *,
+        cap: UserCap | None = None,
     ) -> Any | None:
         k = self._key(key)
         data = bytes(value)
@@ -246,8 +261,40 @@ class LocMemByteStore:
             current = records.live(k, now)
             if current is None or token is None or peek_version(current.value) != token:
                 return None
+            try:
+                others = self._capped_others(records, key, user, cap, now)
+            except SessionLimitReached:
+                records.drop(k)  # the session as it was before it gained the user
+                raise
             records.put(k, _Entry(data, now + max(1, ttl), key, user))
+            self._trim(records, others, cap)
         return version
+
+    # -- MAX_SESSIONS_PER_USER (hardened_sessions.cap), under the records' lock -----------
+
+    def _capped_others(
+        self, records: _Records, key: str, user: str | None, cap: UserCap | None, now: float
+    ) -> list[str]:
+        """The user's other live sessions, newest first (by creation), when ``cap``
+        applies; ``SessionLimitReached`` when it refuses this write."""
+        if cap is None or user is None:
+            return []
+        found: list[tuple[int, str]] = []
+        for other in list(records.users.get(user, ())):
+            entry = records.live(self._key(other), now) if other != key else None
+            if entry is not None:
+                found.append((peek_created(entry.value), other))
+        found.sort(reverse=True)
+        if cap.refuse and len(found) >= cap.limit:
+            raise SessionLimitReached(cap.limit)
+        return [other for _, other in found]
+
+    def _trim(self, records: _Records, others: list[str], cap: UserCap | None) -> None:
+        if cap is None:
+            return
+        for other in others[cap.limit - 1 :]:
+            if records.drop(self._key(other)) is not None:
+                cap.ended.append(other)
 
     def delete(self, key: str) -> bool:
         return self.delete_many([key])[0]

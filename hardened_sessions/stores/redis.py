@@ -23,6 +23,14 @@ still read, and its members are moved over, while it exists (it expires on its o
 On a cluster the index and the sessions live in other slots, where no script can
 update both, so there is no index there.
 
+``MAX_SESSIONS_PER_USER`` (:mod:`hardened_sessions.cap`): the script that writes a
+login's record (a create, or a save of a session gaining its user) also reads the
+user's other members' records, drops gone ones from the index, and ends the oldest (by
+the creation time in each record's head) beyond the cap, each delete leaving a
+tombstone as ``DELETE_SCRIPT`` does; or, under the refuse policy, stores nothing and
+answers -2. Scripts run one at a time, so logins of one user take turns. It needs the
+records' names (``supports_user_cap``: a ``KEY_FUNCTION`` that keeps the key).
+
 Retries: redis-py re-sends a command when a timeout or dropped connection hides its
 reply (``retry_on_timeout``, a ``retry`` policy, ``RedisCluster``'s own retries).
 Reads, the staging ``SET`` and the compare-and-set are safe to re-send (a re-sent
@@ -55,7 +63,14 @@ the write may still be undone by a failover, so it is never reported as done. On
 Cluster such writes go over the pool of the slot owner's own client
 (``get_node_from_key`` / ``get_redis_connection``), as ``RedisCluster``'s command path
 cannot keep ``WAIT`` on the write's connection; a "moved" answer (the node refused the
-command) sends it once to the owner named there.
+command) sends it once to the owner named there, an "ask" answer (a slot migration) once
+to the node named there, behind ``ASKING``.
+
+Slot migrations (Redis Cluster): while a slot moves, Redis refuses a command over several
+of its keys (``TRYAGAIN``) unless one node holds them all. A delete's tombstone is a new
+key on both nodes, so for the length of the migration the delete script is refused
+there; the delete is then a plain ``DEL``, which either node serves (a re-sent one
+answers "already gone": the safe side, as when no tombstone name exists).
 """
 
 from __future__ import annotations
@@ -67,10 +82,19 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from redis.exceptions import MovedError, NoScriptError, RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    TryAgainError,
+)
 
+from ..cap import UserCap
 from ..conf import get_config
-from ..exceptions import SessionStoreUnavailable
+from ..exceptions import SessionLimitReached, SessionStoreUnavailable
 from ..record import version_head
 from . import KEY_NAMESPACE, UnsupportedCache
 
@@ -145,34 +169,121 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
     + _index_lua("KEYS[2]", "ARGV[4]", "ARGV[2]")
     + "return 1\n"
 )
+# MAX_SESSIONS_PER_USER (hardened_sessions.cap), in the script that writes a login's
+# record and index entry, so that logins of one user take turns through it. The cap's
+# ARGV come last and are optional (none: no cap): ``cap`` (0: none), ``refuse`` ("1":
+# refuse the login while ``cap`` others are live), the record key's prefix and suffix
+# around a member, this call's tombstone nonce and the tombstones' ttl. The user's other
+# members whose records are gone leave the index; the live ones are ordered newest first
+# by the creation time their record's head carries (``"c"``, record.py).
+_CAP_FUNCTIONS_LUA = """
+local function hs_cap_others(index, member, prefix, suffix)
+  local found = {}
+  for _, other in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if other ~= member then
+      local head = redis.call('GETRANGE', prefix .. other .. suffix, 0, 63)
+      if head == '' then
+        redis.call('ZREM', index, other)
+      else
+        local created = tonumber(string.match(head, '^hs1:{"n":%d+,"c":(%d+),')) or 0
+        found[#found + 1] = {other, created}
+      end
+    end
+  end
+  table.sort(found, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] > b[1]
+  end)
+  return found
+end
+-- Ends the others beyond the newest ``keep``, each delete leaving a tombstone as
+-- DELETE_SCRIPT does; returns {1, members ended...}.
+local function hs_cap_trim(index, others, keep, prefix, suffix, nonce, ttl)
+  local reply = {1}
+  for i = keep + 1, #others do
+    local other = others[i][1]
+    local record = prefix .. other .. suffix
+    if redis.call('DEL', record) == 1 then
+      redis.call('SET', record .. ':gone:' .. nonce, '1', 'EX', ttl)
+      reply[#reply + 1] = other
+    end
+    redis.call('ZREM', index, other)
+  end
+  return reply
+end
+"""
+
+
+def _cap_check_lua(index: str, member: str, first: int, refused: str) -> str:
+    """Lua that, with a cap in ARGV[first...], lists the user's other live sessions
+    (``others``) and, under the refuse policy with ``cap`` of them live, runs
+    ``refused`` and returns -2."""
+    return f"""
+local cap, others = tonumber(ARGV[{first}] or '0'), nil
+if cap > 0 and {index} then
+  others = hs_cap_others({index}, {member}, ARGV[{first + 2}], ARGV[{first + 3}])
+  if ARGV[{first + 1}] == '1' and #others >= cap then
+    {refused}
+    return -2
+  end
+end
+"""
+
+
+def _cap_trim_lua(index: str, first: int) -> str:
+    return f"""
+if others then
+  return hs_cap_trim({index}, others, cap - 1, ARGV[{first + 2}], ARGV[{first + 3}],
+    ARGV[{first + 4}], ARGV[{first + 5}])
+end
+"""
+
+
 # The same with the record staged under KEYS[2] (written by the SET sent just before);
 # KEYS[3] = user index (optional); ARGV[1] = expected head, ARGV[2] = ttl seconds,
-# ARGV[3] = index member. Returns as CAS_SCRIPT; the staging key is gone afterwards.
+# ARGV[3] = index member; ARGV[4...9] = the cap (see _CAP_FUNCTIONS_LUA). Returns as
+# CAS_SCRIPT, {1, members ended...} with a cap, -2 when the cap refused the login (the
+# record, which was the session before it gained the user, is deleted); the staging
+# key is gone afterwards.
 STAGED_CAS_SCRIPT = (
-    """
+    _CAP_FUNCTIONS_LUA
+    + """
 local head = redis.call('GETRANGE', KEYS[1], 0, string.len(ARGV[1]) - 1)
 if head ~= ARGV[1] then
   redis.call('DEL', KEYS[2])
   if head == '' then return -1 end
   return 0
 end
+"""
+    + _cap_check_lua(
+        "KEYS[3]",
+        "ARGV[3]",
+        4,
+        "redis.call('DEL', KEYS[2], KEYS[1]); redis.call('ZREM', KEYS[3], ARGV[3])",
+    )
+    + """
 redis.call('RENAME', KEYS[2], KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
     + _index_lua("KEYS[3]", "ARGV[3]", "ARGV[2]")
+    + _cap_trim_lua("KEYS[3]", 4)
     + "return 1\n"
 )
 # Seconds a staging key may outlive a save whose script never ran (connection lost).
 STAGING_TTL = 60
 # A create that names a user. KEYS as CAS_SCRIPT; ARGV[1] = record bytes, ARGV[2] = ttl,
 # ARGV[3] = member, ARGV[4]/ARGV[5] = record key prefix/suffix around a member,
-# ARGV[6] = members to check (0: none), ARGV[7] = a random rank.
-# Returns 1 when created, 0 when taken.
+# ARGV[6] = members to check (0: none), ARGV[7] = a random rank; ARGV[8...13] = the cap
+# (see _CAP_FUNCTIONS_LUA). Returns 1 when created, 0 when taken; with a cap,
+# {1, members ended...} when created, -2 when the cap refused it (nothing stored).
 ADD_SCRIPT = (
-    """
+    _CAP_FUNCTIONS_LUA
+    + """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 """
+    + _cap_check_lua("KEYS[2]", "ARGV[3]", 8, "redis.call('DEL', KEYS[1])")
     + _index_lua("KEYS[2]", "ARGV[3]", "ARGV[2]", sample=True)
+    + _cap_trim_lua("KEYS[2]", 8)
     + "return 1\n"
 )
 # KEYS[1] = record, KEYS[2] = this call's tombstone; ARGV[1] = tombstone ttl.
@@ -239,14 +350,32 @@ def _nonce() -> str:
     return f"{random.getrandbits(64):016x}"  # noqa: S311
 
 
-def _checkout(pool: Any) -> Any:
-    """A connection out of ``pool``, connected and checked by the pool (public API)."""
+def _tombstone_name(record_key: str, keyslot: Callable[[str], int] | None) -> str | None:
+    """A delete's tombstone name in ``record_key``'s slot by ``keyslot`` (a cluster
+    client's; ``None``: one server, any name will do), or ``None`` when there is none."""
+    name = f"{record_key}:gone:{_nonce()}"
+    if keyslot is None:
+        return name
+    slot = keyslot(record_key)
+    for candidate in (name, "{" + record_key + "}" + name[len(record_key) :]):
+        if keyslot(candidate) == slot:
+            return candidate
+    return None
+
+
+def _checkout_args(pool: Any) -> tuple[str, ...]:
+    """The arguments that ``pool.get_connection()`` takes (sync and asyncio pools)."""
     without_name = _CHECKOUT_WITHOUT_NAME.get(type(pool))
     if without_name is None:
         params = list(inspect.signature(pool.get_connection).parameters.values())
         without_name = not params or params[0].default is not inspect.Parameter.empty
         _CHECKOUT_WITHOUT_NAME[type(pool)] = without_name
-    return pool.get_connection() if without_name else pool.get_connection("GET")
+    return () if without_name else ("GET",)
+
+
+def _checkout(pool: Any) -> Any:
+    """A connection out of ``pool``, connected and checked by the pool (public API)."""
+    return pool.get_connection(*_checkout_args(pool))
 
 
 def django_primary_client(alias: str) -> Any:
@@ -270,6 +399,17 @@ def django_primary_client(alias: str) -> Any:
     store's connections, and Django's cache keeps its own pool for other uses.
     """
     import redis
+
+    url, pool_class, parser_class, options = django_pool_settings(alias)
+    pool = pool_class.from_url(url, parser_class=parser_class, **options)
+    return redis.Redis(connection_pool=pool)
+
+
+def django_pool_settings(alias: str) -> tuple[str, Any, Any, dict[str, Any]]:
+    """``(primary URL, pool_class, parser_class, other OPTIONS)`` of Django's
+    ``RedisCache`` named ``alias``, read as ``django_primary_client`` describes (classes
+    imported); the asyncio store (:mod:`.redis_async`) reads them here too."""
+    import redis
     from django.conf import settings
     from django.utils.module_loading import import_string
 
@@ -284,8 +424,7 @@ def django_primary_client(alias: str) -> Any:
         pool_class = import_string(pool_class)
     if isinstance(parser_class, str):
         parser_class = import_string(parser_class)
-    pool = pool_class.from_url(servers[0], parser_class=parser_class, **options)
-    return redis.Redis(connection_pool=pool)
+    return servers[0], pool_class, parser_class, options
 
 
 class RedisByteStore:
@@ -357,17 +496,9 @@ class RedisByteStore:
         """A name for this delete's tombstone, in the record's cluster slot; ``None``
         when no such name can be made (a ``KEY_PREFIX`` whose braces make an empty hash
         tag, ``{}``)."""
-        name = f"{record_key}:gone:{_nonce()}"
         if self._lean:
-            return name  # one server: any name will do
-        keyslot = getattr(self._client(), "keyslot", None)
-        if keyslot is None:
-            return name
-        slot = keyslot(record_key)
-        for candidate in (name, "{" + record_key + "}" + name[len(record_key) :]):
-            if keyslot(candidate) == slot:
-                return candidate
-        return None
+            return _tombstone_name(record_key, None)  # one server: any name will do
+        return _tombstone_name(record_key, getattr(self._client(), "keyslot", None))
 
     def _run_script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
         client = self._client()
@@ -380,8 +511,8 @@ class RedisByteStore:
         """On Redis Cluster with ``REDIS_WAIT_REPLICAS``: the client of the primary that
         holds ``record_key`` (``WAIT`` must follow the write on the same connection, which
         ``RedisCluster``'s command path does not offer); else ``None``. A write that meets
-        a moved slot fails (503) and the cluster client learns the new owner at its next
-        command."""
+        a moved or migrating slot follows the redirection once (``_execute``); the cluster
+        client learns the new owner at its next command."""
         if self._lean or not get_config().redis_wait_replicas:
             return None
         cluster = self._client()
@@ -405,18 +536,25 @@ class RedisByteStore:
         failure drops the connection, so no reply is ever left for the next user.
         ``node``: a Redis Cluster node's client, whose pool is used instead; when that
         node answers that the slot has moved (a failover, a resharding), it refused the
-        commands, so they go once to the owner its answer names.
+        commands, so they go once to the owner its answer names. When it answers "ask"
+        (the slot is migrating and the key is not, or no longer, on that node), they go
+        once to the node named there, each behind ``ASKING``, as the cluster protocol
+        asks.
         """
         if node is None:
             return self._send(self._pool, commands, write)
         try:
             return self._send(node.connection_pool, commands, write)
-        except MovedError as moved:
+        except AskError as redirect:  # MovedError is an AskError too
             cluster = self._client()
-            owner = cluster.get_node(host=moved.host, port=moved.port)
+            owner = cluster.get_node(host=redirect.host, port=redirect.port)
             if owner is None:
                 raise
-            return self._send(cluster.get_redis_connection(owner).connection_pool, commands, write)
+            pool = cluster.get_redis_connection(owner).connection_pool
+            if isinstance(redirect, MovedError):
+                return self._send(pool, commands, write)
+            asked = [part for command in commands for part in (("ASKING",), command)]
+            return self._send(pool, asked, write)[1::2]
 
     def _send(self, pool: Any, commands: Sequence[tuple[Any, ...]], write: bool) -> list[Any]:
         wait = get_config().redis_wait_replicas if write else 0
@@ -497,8 +635,42 @@ class RedisByteStore:
             return None
         return value, None  # the token is the record's version: the engine reads it there
 
+    @property
+    def supports_user_cap(self) -> bool:
+        """Whether a login's script can enforce MAX_SESSIONS_PER_USER: it needs the index,
+        and the names of the members' records (a KEY_FUNCTION that keeps the key)."""
+        return self.supports_user_index and self._record_key_template is not None
+
+    def _cap_args(self, cap: UserCap | None, keys: list[str]) -> list[Any]:
+        """The cap's script arguments (see _CAP_FUNCTIONS_LUA); none without a cap."""
+        if cap is None or len(keys) < 2 or not self.supports_user_cap:
+            return []
+        assert self._record_key_template is not None
+        prefix, suffix = self._record_key_template
+        return [cap.limit, int(cap.refuse), prefix, suffix, _nonce(), TOMBSTONE_TTL]
+
+    @staticmethod
+    def _capped(reply: Any, cap: UserCap | None) -> Any:
+        """A script's reply with the members the cap ended moved into ``cap``;
+        ``SessionLimitReached`` when the cap refused the login."""
+        if cap is None:
+            return reply
+        if isinstance(reply, list):
+            cap.ended.extend(_text(member) for member in reply[1:])
+            return reply[0]
+        if reply == -2:
+            raise SessionLimitReached(cap.limit)
+        return reply
+
     def add(
-        self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        version: int,
+        user: str | None = None,
+        *,
+        cap: UserCap | None = None,
     ) -> Any | None:
         keys = self._keys(key, user)
         signature = bytes(value[-_SIGNATURE_TAIL:])
@@ -516,13 +688,14 @@ class RedisByteStore:
                 prefix, suffix = template or ("", "")
                 sample = INDEX_SAMPLE if template else 0
                 rank = random.getrandbits(31)  # noqa: S311 (spreads the check, no secret)
-                args = [ttl, key, prefix, suffix, sample, rank]
+                args = [ttl, key, prefix, suffix, sample, rank, *self._cap_args(cap, keys)]
                 if self._lean:
                     (created,) = self._evalsha(
                         ADD_SCRIPT, [(len(keys), *keys, value, *args)], write=True
                     )
                 else:
                     created = self._run_script("add", ADD_SCRIPT, keys, [bytes(value), *args])
+                created = self._capped(created, cap)
             if not created:
                 # Taken, or created by this very call and re-sent after a lost reply: the
                 # record's signature (over this key and payload) tells which.
@@ -548,10 +721,12 @@ class RedisByteStore:
         token: Any,
         version: int,
         user: str | None = None,
+        *,
+        cap: UserCap | None = None,
     ) -> Any | None:
         if token is None:
             return None
-        return version if self._replace(key, value, ttl, token, user) else None
+        return version if self._replace(key, value, ttl, token, user, cap) else None
 
     def _replace(
         self,
@@ -560,9 +735,11 @@ class RedisByteStore:
         ttl: int,
         expected_version: int,
         user: str | None = None,
+        cap: UserCap | None = None,
     ) -> bool:
         keys = self._keys(key, user)
         head = version_head(expected_version)
+        capping = self._cap_args(cap, keys)
         try:
             if self._lean:
                 # Named after the new record's signature: unique to this write.
@@ -571,10 +748,11 @@ class RedisByteStore:
                     STAGED_CAS_SCRIPT,
                     [
                         ("SET", staging, value, "EX", STAGING_TTL),
-                        (len(keys) + 1, keys[0], staging, *keys[1:], head, ttl, key),
+                        (len(keys) + 1, keys[0], staging, *keys[1:], head, ttl, key, *capping),
                     ],
                     write=True,
                 )
+                outcome = self._capped(outcome, cap)
             elif (node := self._waiting_node(keys[0])) is not None:
                 (outcome,) = self._evalsha(
                     CAS_SCRIPT,
@@ -616,18 +794,29 @@ class RedisByteStore:
     def _delete_one(self, record_key: str) -> int:
         tombstone = self._tombstone(record_key)
         node = self._waiting_node(record_key)
+        if tombstone is not None:
+            try:
+                if node is not None:
+                    command = (2, record_key, tombstone, TOMBSTONE_TTL)
+                    (deleted,) = self._evalsha(DELETE_SCRIPT, [command], write=True, node=node)
+                    return int(deleted)
+                keys = [record_key, tombstone]
+                return int(self._run_script("delete", DELETE_SCRIPT, keys, [TOMBSTONE_TTL]))
+            except (TryAgainError, ClusterError) as exc:
+                # TRYAGAIN (redis-py's own path retries it, then gives up with "TTL
+                # exhausted"): the slot is migrating, and Redis runs no command over
+                # several of its keys unless one node holds them all, while the tombstone
+                # is new on both. That lasts until the migration ends, so the record
+                # goes with a plain DEL, which either node serves; a re-sent one answers
+                # "already gone" (the safe side, as without a tombstone).
+                if isinstance(exc, ClusterDownError):
+                    raise
         if node is not None:
-            if tombstone is None:
-                (deleted,) = self._execute([("DEL", record_key)], write=True, node=node)
-            else:
-                command = (2, record_key, tombstone, TOMBSTONE_TTL)
-                (deleted,) = self._evalsha(DELETE_SCRIPT, [command], write=True, node=node)
+            (deleted,) = self._execute([("DEL", record_key)], write=True, node=node)
             return int(deleted)
-        if tombstone is None:
-            # No same-slot name for a tombstone: a plain DEL (README, Redis Cluster).
-            return int(self._client().delete(record_key))
-        keys = [record_key, tombstone]
-        return int(self._run_script("delete", DELETE_SCRIPT, keys, [TOMBSTONE_TTL]))
+        # No same-slot name for a tombstone, or a migrating slot: a plain DEL (README,
+        # Redis Cluster).
+        return int(self._client().delete(record_key))
 
     # -- per-user index -------------------------------------------------------------
 
