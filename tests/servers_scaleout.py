@@ -179,7 +179,10 @@ class RedisClusterHandle:
                 client.close()
 
 
-def _cluster_node_command(binary: str, workdir: Path) -> Callable[[int], list[str]]:
+def _cluster_node_command(binary: str, workdir: Path, *extra: str) -> Callable[[int], list[str]]:
+    """The command line of one cluster node; ``extra``: more ``--option value`` pairs
+    (``--cluster-node-timeout 1000`` for a test that waits for a failover)."""
+
     def command(port: int) -> list[str]:
         node_dir = workdir / f"node-{port}"
         node_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +199,7 @@ def _cluster_node_command(binary: str, workdir: Path) -> Callable[[int], list[st
             "--logfile", str(node_dir / "redis.log"),
             "--daemonize", "no",
             "--protected-mode", "yes",
+            *extra,
         ]  # fmt: skip
 
     return command
