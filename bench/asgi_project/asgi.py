@@ -1,0 +1,11 @@
+"""The ASGI application uvicorn serves (``asgi_project.asgi:application``)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "asgi_project.settings")
+
+application = get_asgi_application()
