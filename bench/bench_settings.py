@@ -8,8 +8,9 @@ from the ``HS_BENCH_*`` variables that ``common.environment()`` sets:
   ``transaction_mode="IMMEDIATE"``, a busy timeout);
 * ``sqlite_plain``: another SQLite file with Django's default connection options;
 * ``postgresql``: the scratch database (``HS_BENCH_PG_URL``), when there is one;
-* caches ``redis`` (django-redis) and ``memcached`` (``PyMemcacheCache`` with
-  ``no_delay``, the option the hardened engine's own client always sets);
+* caches ``redis`` (django-redis), ``redis_django`` (Django's ``RedisCache``) and
+  ``memcached`` (``PyMemcacheCache`` with ``no_delay``, the option the hardened engine's
+  own client always sets);
 * ``SESSION_REDIS`` for the peer engine, django-redis-sessions.
 
 :class:`ActiveAliasRouter` sends both session models to the alias named by its
@@ -79,6 +80,12 @@ if _redis_url := os.environ.get("HS_BENCH_REDIS_URL"):
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": _redis_url,
         "KEY_PREFIX": "hsbench",
+    }
+    # Django's own RedisCache on the same server (the cache engine serves both).
+    CACHES["redis_django"] = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _redis_url,
+        "KEY_PREFIX": "hsbench-dj",
     }
     _redis = urlsplit(_redis_url)
     # The peer (django-redis-sessions); its default 0.1 s socket timeout would turn a

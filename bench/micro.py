@@ -489,6 +489,15 @@ GROUPS = [
         "django.contrib.sessions.backends.cache",
     ),
     Group(
+        "cache-redis-django",
+        "cache, Redis (Django's RedisCache)",
+        ("redis",),
+        None,
+        "redis_django",
+        "hardened_sessions.backends.cache",
+        "django.contrib.sessions.backends.cache",
+    ),
+    Group(
         "cache-memcached",
         "cache, memcached (PyMemcacheCache)",
         ("memcached",),
@@ -517,6 +526,11 @@ GROUPS = [
 FLOOR_NAMES = {
     "db": {"rmw": "DB-API SELECT+UPDATE", "create": "DB-API INSERT", "read": "DB-API SELECT"},
     "cache-redis": {"rmw": "redis-py GET+SET", "create": "redis-py SET NX", "read": "redis-py GET"},
+    "cache-redis-django": {
+        "rmw": "redis-py GET+SET",
+        "create": "redis-py SET NX",
+        "read": "redis-py GET",
+    },
     "cache-memcached": {
         "rmw": "pymemcache get+set (no_delay)",
         "create": "pymemcache add (no_delay)",
@@ -593,7 +607,7 @@ def build_cases(env: Any, selected: Callable[[str], bool]) -> tuple[list[Case], 
                 else:
                     side_skips["django-redis-sessions"] = peer_reason or "unavailable"
             floor: Any
-            if group.key == "cache-redis":
+            if group.key.startswith("cache-redis"):
                 floor = RedisFloor(env.redis_url, rec_bytes)
             elif group.key == "cache-memcached":
                 floor = MemcachedFloor(env.memcached_address, rec_bytes)

@@ -13,7 +13,8 @@ matches against (a regular expression, searched; repeat it to select more):
     peer (django-redis-sessions, on Redis) and the floor (the raw client doing the same
     I/O with bytes of the same size); ops ``rmw``, ``create``, ``read``; payloads 256B,
     4KiB, 40KiB; stores ``db-sqlite-default``, ``db-sqlite-wal``, ``db-postgresql``,
-    ``cache-redis``, ``cache-memcached``, ``cached_db-redis-postgresql``;
+    ``cache-redis`` (django-redis), ``cache-redis-django`` (Django's ``RedisCache``),
+    ``cache-memcached``, ``cached_db-redis-postgresql``;
 ``concurrency/<store>/<threads>``
     1, 4 and 16 threads doing read-modify-write on distinct sessions (``redis``,
     ``postgresql``): ops/s and p50/p99 latency, hardened vs stock;

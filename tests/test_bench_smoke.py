@@ -79,8 +79,9 @@ def test_bench_quick_run(tmp_path: Path) -> None:
     assert results["skipped"] == {}, output
     sections = results["sections"]
     assert set(sections) == {"micro", "concurrency", "e2e", "profile", "clear_expired"}
-    # 6 stores x 3 operations x 3 payloads, each with hardened, stock and floor sides.
-    assert len(sections["micro"]) == 54
+    # 7 stores x 3 operations x 3 payloads, each with hardened, stock and floor sides.
+    assert len(sections["micro"]) == 63
+    assert {c["group"] for c in sections["micro"]} >= {"cache-redis", "cache-redis-django"}
     assert all(len(case["sides"]) >= 3 for case in sections["micro"])
     assert any(s["role"] == "peer" for c in sections["micro"] for s in c["sides"])
     assert {c["threads"] for c in sections["concurrency"]} == {1, 4, 16}
