@@ -2,31 +2,24 @@
 failure handling of the package's own.
 
 Built from a ``PyMemcacheCache`` configuration (its ``LOCATION`` and ``OPTIONS``), but
-without its serde (pickle), with ``TCP_NODELAY`` on (pymemcache defaults to off,
-which stalls a get after a set by ~40 ms on loopback) and with ``ignore_exc`` off,
-so a failing server is an error, never a silent miss.
+without its serde (pickle), with ``TCP_NODELAY`` on and with ``ignore_exc`` off, so a
+failing server is an error, never a silent miss (``memcached_config.py``).
 
 Compare-and-set uses memcached's own ``gets``/``cas``: the token of a record is
 its cas unique. Right after this store wrote a record the unique is unknown, so
 the token says which version was written and the next ``cas`` fetches the
 unique first, checking the version.
 
-Placement: each session has one server, its *home*: the first of the configured
-servers in the rendezvous (highest-random-weight) order of its key, scored with
-BLAKE2b (in C, where pymemcache's murmur3 is pure Python and costs more than the rest
-of a load); a single server is picked without hashing. A record is only ever written
-to, read from and deleted on its home, whatever any client thinks of the other
-servers, so every thread of every process looks for a session in the same place and
-a delete that reached the home ended the session for all of them. pymemcache's
-``HashClient`` instead moves a dead server's keys to the next server in each client's
-own view: a thread whose connection broke for a moment deleted on the wrong server
-and reported a logout while the session still loaded everywhere else. A ``hasher`` in
-``OPTIONS`` is therefore refused (``ImproperlyConfigured``): a delete must know where
-every client looks.
+Placement: each session has one server, its *home* (rendezvous hashing, in
+``memcached_placement.py``). A record is only ever written to, read from and deleted
+on its home, whatever any client thinks of the other servers, so every thread of every
+process looks for a session in the same place and a delete that reached the home ended
+the session for all of them. A ``hasher`` in ``OPTIONS`` is refused
+(``ImproperlyConfigured``): a delete must know where every client looks.
 
 Failures, with pymemcache's meaning of ``retry_attempts``, ``retry_timeout`` and
 ``dead_timeout`` (defaults 2, 1 and 60 s), in one view per process shared by its
-threads:
+threads (``memcached_health.py``):
 
 * a server whose connection fails is *failing*: its keys answer
   :class:`SessionStoreUnavailable` (503) without I/O; after ``retry_timeout`` one
@@ -41,12 +34,12 @@ threads:
   report it gone;
 * a command whose connection broke since its last use (an idle connection cut) is
   sent once more on a new connection before the server counts as failing (see
-  ``_run`` for why each verb is safe to repeat).
+  ``_send`` for why each verb is safe to repeat).
 
 A server that comes back still holds what it held (after a partition): a session that
 counted as missing meanwhile loads again, still checked against its own deadlines
-and signature, so the exposure is bounded by the records' own deadlines (see the
-README).
+and signature, so the exposure is bounded by the records' own deadlines (see
+docs/engines.rst, "Cache configurations", memcached).
 
 Threads: pymemcache's plain client is not thread-safe (two threads talking over one
 socket read each other's replies), and the store is shared by every thread of the
@@ -63,60 +56,30 @@ share a socket.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Real
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from pymemcache import Client, PooledClient
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
 from ..exceptions import SessionStoreUnavailable
 from ..record import peek_version
 from . import KEY_NAMESPACE
+from .memcached_config import client_config
+from .memcached_config import unsupported_options as unsupported_options
+from .memcached_health import DEAD, FAILING, PROBE, Health
+from .memcached_placement import Placement, node_name
+from .memcached_placement import RendezvousNodes as RendezvousNodes
 
 __all__ = ["MemcachedByteStore", "RendezvousNodes", "unsupported_options"]
 
-logger = logging.getLogger("hardened_sessions")
-
 # memcached reads an expiry above 30 days as a Unix timestamp.
 _RELATIVE_TTL_LIMIT = 30 * 24 * 3600
-
-# HashClient's keyword arguments (pymemcache 4.0), which PyMemcacheCache passes on from
-# OPTIONS, and what this store does with each.
-_CLIENT_OPTIONS = frozenset(
-    {
-        "connect_timeout",
-        "timeout",
-        "socket_module",
-        "socket_keepalive",
-        "key_prefix",
-        "allow_unicode_keys",
-        "encoding",
-        "tls_context",
-    }
-)
-_POOLED_OPTIONS = frozenset({"max_pool_size", "pool_idle_timeout", "lock_generator"})
-_FAILURE_OPTIONS = {"retry_attempts": 2, "retry_timeout": 1, "dead_timeout": 60}
-# Replaced by this store's own: bytes only, errors raised, replies awaited, TCP_NODELAY.
-_OVERRIDDEN_OPTIONS = frozenset(
-    {"serde", "serializer", "deserializer", "ignore_exc", "default_noreply", "no_delay"}
-)
-_KNOWN_OPTIONS = (
-    _CLIENT_OPTIONS
-    | _POOLED_OPTIONS
-    | _FAILURE_OPTIONS.keys()
-    | _OVERRIDDEN_OPTIONS
-    | {"use_pooling", "hasher"}
-)
 
 # The server did not answer: it counts as failing.
 _UNREACHABLE = (OSError, MemcacheUnexpectedCloseError)
@@ -138,184 +101,6 @@ class _Written:
 def _expire(ttl: int) -> int:
     ttl = max(1, int(ttl))
     return int(time.time()) + ttl if ttl > _RELATIVE_TTL_LIMIT else ttl
-
-
-def _score(node: str, key: str) -> bytes:
-    return hashlib.blake2b(f"{node}-{key}".encode(), digest_size=8).digest()
-
-
-class RendezvousNodes:
-    """Highest-random-weight placement scored with BLAKE2b, as the store places keys."""
-
-    def __init__(self) -> None:
-        self.nodes: list[str] = []
-
-    def add_node(self, node: str) -> None:
-        if node not in self.nodes:
-            self.nodes.append(node)
-
-    def remove_node(self, node: str) -> None:
-        self.nodes.remove(node)  # ValueError when absent, as pymemcache's own hasher
-
-    def get_node(self, key: str) -> str | None:
-        nodes = self.nodes
-        if len(nodes) < 2:
-            return nodes[0] if nodes else None
-        return max(nodes, key=lambda node: (_score(node, key), node))
-
-
-def _server(spec: Any) -> tuple[str, int] | str:
-    """A ``LOCATION`` entry as pymemcache's ``Client`` takes it: ``(host, port)`` or a
-    UNIX socket path. The forms Django documents (``host:port``, ``[v6 address]:port``,
-    ``unix:/path``), read as pymemcache 4's ``HashClient`` reads them."""
-    if isinstance(spec, (tuple, list)) and len(spec) == 2:
-        host, port = spec
-    elif isinstance(spec, str) and spec.startswith("unix:"):
-        return spec[5:]
-    elif isinstance(spec, str) and spec.startswith("/"):
-        return spec
-    elif isinstance(spec, str):
-        host, port = (spec, 11211) if ":" not in spec or spec.endswith("]") else spec.rsplit(":", 1)
-    else:
-        raise ImproperlyConfigured(f"Unsupported memcached server in LOCATION: {spec!r}.")
-    try:
-        return str(host).strip("[]"), int(port)
-    except ValueError:
-        raise ImproperlyConfigured(f"Unsupported memcached server in LOCATION: {spec!r}.") from None
-
-
-def _node_name(server: Any) -> str:
-    # HashClient's name of a server, so that placement matches earlier releases'.
-    if isinstance(server, tuple) and len(server) == 2:
-        return f"{server[0]}:{server[1]}"
-    return str(server)
-
-
-def unsupported_options(options: Mapping[str, Any]) -> list[str]:
-    """What is wrong with a ``PyMemcacheCache``'s ``OPTIONS`` for this store (empty: fine)."""
-    problems = []
-    if "hasher" in options:
-        problems.append(
-            "OPTIONS['hasher'] is not supported: hardened_sessions places each session on "
-            "one server by its own rendezvous hashing, so that a logout deletes where "
-            "every client looks."
-        )
-    unknown = sorted(set(options) - _KNOWN_OPTIONS)
-    if unknown:
-        problems.append(f"Unknown pymemcache OPTIONS: {', '.join(map(repr, unknown))}.")
-    for name in _FAILURE_OPTIONS:
-        value = options.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, Real) or value < 0:
-            problems.append(f"OPTIONS[{name!r}] must be a number of at least 0.")
-    return problems
-
-
-def _cache_options(cache: Any, alias: str | None) -> dict[str, Any]:
-    """``OPTIONS`` of the ``CACHES`` entry that ``cache`` was built from."""
-    if alias is None:
-        from django.core.cache import InvalidCacheBackendError, caches
-
-        servers = list(cache.client_servers)
-        for name, params in settings.CACHES.items():
-            location = params.get("LOCATION")
-            candidates = (
-                location.replace(";", ",").split(",") if isinstance(location, str) else location
-            )
-            if list(candidates or ()) != servers:
-                continue
-            try:
-                # The handler gives this thread the instance it gave the caller.
-                found = caches[name] is cache
-            except InvalidCacheBackendError:
-                continue
-            if found:
-                alias = name
-                break
-        else:
-            raise ImproperlyConfigured("The memcached session cache is not one of CACHES.")
-    options: object = settings.CACHES[alias].get("OPTIONS") or {}
-    if not isinstance(options, Mapping):
-        raise ImproperlyConfigured(f"CACHES[{alias!r}]['OPTIONS'] is not a dict.")
-    return dict(options)
-
-
-class _Down:
-    """A server this process saw fail: since when, how many retries failed, dead or not."""
-
-    __slots__ = ("attempts", "dead", "since")
-
-    def __init__(self, since: float, attempts: int, dead: bool) -> None:
-        self.since = since
-        self.attempts = attempts
-        self.dead = dead
-
-
-_LIVE, _PROBE, _FAILING, _DEAD = range(4)
-
-
-class _Health:
-    """Which servers are failing or dead, for every thread of the process."""
-
-    def __init__(self, names: list[str], options: Mapping[str, Any]) -> None:
-        self.names = names
-        self.retry_attempts = options.get("retry_attempts", _FAILURE_OPTIONS["retry_attempts"])
-        self.retry_timeout = options.get("retry_timeout", _FAILURE_OPTIONS["retry_timeout"])
-        self.dead_timeout = options.get("dead_timeout", _FAILURE_OPTIONS["dead_timeout"])
-        self.down: list[_Down | None] = [None] * len(names)
-        self._lock = threading.Lock()
-
-    def verdict(self, i: int) -> int:
-        """``_LIVE``, ``_FAILING``, ``_DEAD``, or ``_PROBE``: the caller tries the server
-        again, and its outcome counts (the others keep waiting another period meanwhile)."""
-        if self.down[i] is None:
-            return _LIVE
-        with self._lock:
-            state = self.down[i]
-            if state is None:
-                return _LIVE
-            now = time.time()
-            elapsed = now - state.since
-            # A clock that went backwards makes the server due for a retry, not stuck.
-            if 0 <= elapsed <= (self.dead_timeout if state.dead else self.retry_timeout):
-                return _DEAD if state.dead else _FAILING
-            state.since = now
-            return _PROBE
-
-    def failed(self, i: int, probe: bool) -> None:
-        with self._lock:
-            state = self.down[i]
-            now = time.time()
-            if state is None:
-                dead = self.retry_attempts <= 0
-                self.down[i] = _Down(now, 0, dead)
-            elif probe:
-                state.since = now
-                if not state.dead:
-                    state.attempts += 1
-                    dead = state.dead = state.attempts >= self.retry_attempts
-                else:
-                    return
-            else:
-                return  # already failing: one failure seen by several threads counts once
-        if dead:
-            logger.warning("memcached server %s is declared dead.", self.names[i])
-        else:
-            logger.warning("memcached server %s is failing.", self.names[i])
-
-    def answered(self, i: int) -> None:
-        if self.down[i] is None:
-            return
-        with self._lock:
-            was, self.down[i] = self.down[i], None
-        if was is not None:
-            logger.info("memcached server %s answers again.", self.names[i])
-
-    def renew_lock(self) -> None:
-        # In a forked child: another thread of the parent may have held the lock.
-        self._lock = threading.Lock()
-
-    def any_up(self, but: int) -> bool:
-        return any(state is None for n, state in enumerate(self.down) if n != but)
 
 
 # Every store of the process, for the fork handler below.
@@ -354,11 +139,10 @@ class MemcachedByteStore:
         if not servers:
             raise ImproperlyConfigured("The memcached session cache has no server.")
         self._servers = list(servers)
-        names = [_node_name(server) for server in self._servers]
+        names = [node_name(server) for server in self._servers]
         self._names = names
-        self._prefixes = [f"{name}-".encode() for name in names]
-        self._single = len(names) == 1
-        self._health = _Health(names, options or {})
+        self._placement = Placement(names)
+        self._health = Health(names, options or {})
         self._make_client = make_client
         self._make_key = make_key
         self._pooled = shared
@@ -411,38 +195,15 @@ class MemcachedByteStore:
 
     @classmethod
     def from_cache(cls, cache: Any, alias: str | None = None) -> MemcachedByteStore:
-        options = _cache_options(cache, alias)
-        problems = unsupported_options(options)
-        if problems:
-            raise ImproperlyConfigured(" ".join(problems))
-        pooled = bool(options.get("use_pooling"))
-        kwargs = {k: v for k, v in options.items() if k in _CLIENT_OPTIONS}
-        kwargs.setdefault("allow_unicode_keys", True)  # as PyMemcacheCache
-        if pooled:
-            kwargs.update({k: v for k, v in options.items() if k in _POOLED_OPTIONS})
-        # See the module docstring: no serde, errors raised, replies awaited, TCP_NODELAY.
-        kwargs.update(ignore_exc=False, default_noreply=False, no_delay=True)
-        factory = PooledClient if pooled else Client
-
-        def make_client(server: Any) -> Any:
-            return factory(server, **kwargs)
-
-        servers: list[Any] = []
-        for spec in cache.client_servers:
-            server = _server(spec)
-            if server not in servers:
-                servers.append(server)
-        # Store keys are always 64 hex digits: Django's per-character key check runs once,
-        # here (pymemcache still refuses a malformed key on every command).
-        cache.validate_key(cache.make_key(KEY_NAMESPACE + "0" * 64))
-        limit = options.get("max_pool_size") if pooled else None
+        """The store of a ``PyMemcacheCache`` (see ``memcached_config.py``)."""
+        config = client_config(cache, alias)
         return cls(
-            servers,
-            make_client,
+            config.servers,
+            config.make_client,
             cache.make_key,
-            shared=pooled,
-            options=options,
-            max_pool_size=limit if isinstance(limit, int) and limit > 0 else None,
+            shared=config.pooled,
+            options=config.options,
+            max_pool_size=config.max_pool_size,
         )
 
     def _key(self, key: str) -> str:
@@ -450,18 +211,10 @@ class MemcachedByteStore:
 
     def home(self, k: str) -> int:
         """Index (in ``LOCATION`` order) of the server that holds cache key ``k``."""
-        if self._single:
-            return 0
-        kb = k.encode()
-        prefixes = self._prefixes
-        names = self._names
-        return max(
-            range(len(prefixes)),
-            key=lambda i: (hashlib.blake2b(prefixes[i] + kb, digest_size=8).digest(), names[i]),
-        )
+        return self._placement.home(k)
 
     def _unavailable(self, i: int, verdict: int) -> SessionStoreUnavailable:
-        state = "declared dead" if verdict == _DEAD else "failing"
+        state = "declared dead" if verdict == DEAD else "failing"
         return SessionStoreUnavailable(
             f"The memcached server holding this session ({self._names[i]}) is {state}."
         )
@@ -521,7 +274,7 @@ class MemcachedByteStore:
     def _writable(self, i: int) -> int:
         """The verdict on server ``i`` for a write to an existing record there."""
         verdict = self._health.verdict(i)
-        if verdict in (_FAILING, _DEAD):
+        if verdict in (FAILING, DEAD):
             # It may still hold the record, and other clients may still reach it.
             raise self._unavailable(i, verdict)
         return verdict
@@ -530,11 +283,11 @@ class MemcachedByteStore:
         k = self._key(key)
         i = self.home(k)
         verdict = self._health.verdict(i)
-        if verdict == _DEAD:
-            return None  # docs/design.rst: counts as missing once the server is declared dead
-        if verdict == _FAILING:
+        if verdict == DEAD:
+            return None  # counts as missing once declared dead (docs/engines.rst, memcached)
+        if verdict == FAILING:
             raise self._unavailable(i, verdict)
-        value, unique = self._run(i, verdict == _PROBE, "read a session", "gets", k)
+        value, unique = self._run(i, verdict == PROBE, "read a session", "gets", k)
         if value is None:
             return None
         return value, unique
@@ -545,12 +298,12 @@ class MemcachedByteStore:
         k = self._key(key)
         i = self.home(k)
         verdict = self._health.verdict(i)
-        if verdict in (_FAILING, _DEAD):
+        if verdict in (FAILING, DEAD):
             if self._health.any_up(but=i):
                 return None  # not stored, without I/O: the engine draws another key
             raise self._unavailable(i, verdict)
         stored = self._run(
-            i, verdict == _PROBE, "create a session", "add",
+            i, verdict == PROBE, "create a session", "add",
             k, bytes(value), _expire(ttl), noreply=False,
         )  # fmt: skip
         return _Written(version) if stored else None
@@ -566,7 +319,7 @@ class MemcachedByteStore:
     ) -> Any | None:
         k = self._key(key)
         i = self.home(k)
-        probe = self._writable(i) == _PROBE
+        probe = self._writable(i) == PROBE
         if isinstance(token, _Written):
             current, unique = self._run(i, probe, "read a session", "gets", k)
             if current is None or peek_version(current) != token.version:
@@ -582,5 +335,5 @@ class MemcachedByteStore:
     def delete(self, key: str) -> bool:
         k = self._key(key)
         i = self.home(k)
-        probe = self._writable(i) == _PROBE
+        probe = self._writable(i) == PROBE
         return bool(self._run(i, probe, "delete a session", "delete", k, noreply=False))
