@@ -252,7 +252,7 @@ def can_list_sessions() -> bool | None:
     if issubclass(engine, CacheStore):
         from django.core.cache import caches
 
-        from .cache import RedisClusterCache
+        from .redis_cluster import RedisClusterCache
         from .stores import kind_of
 
         # Decided from the configuration, without connecting (a check must not depend

@@ -10,7 +10,7 @@ one large session does not pin memory, and the pool holds at most
 What this cannot do: Python's immutable copies (the ``str`` that
 ``json.dumps`` returns, the ``bytes`` a database driver or socket keeps)
 cannot be wiped. The pool bounds the lifetime of the engine's *own* copies,
-nothing more; the threat model in the README says so.
+nothing more; the threat model (docs/design.rst, "Memory") says so.
 """
 
 from __future__ import annotations
@@ -63,10 +63,6 @@ class RecordBuffer:
         """Zero every byte written so far and start over; the capacity is kept."""
         self._data[: self._used] = bytes(self._used)
         self._used = 0
-
-    def raw_array(self) -> bytearray:
-        """The underlying array, for tests that check it was wiped."""
-        return self._data
 
 
 class BufferPool:

@@ -1,6 +1,6 @@
 """The three-way merge of a stale save onto the latest record: pure functions.
 
-A save is version-checked (docs/design.rst, "Lost updates"). When another request
+A save is version-checked (docs/architecture.rst, "Conflict"). When another request
 wrote the record since this one loaded it, only what *this* request changed or
 deleted is applied onto the latest record, so a flag another request removed stays
 removed and a value it added stays. Afterwards the other requests' changes are

@@ -38,7 +38,6 @@ except ImportError:  # pragma: no cover - exercised by forcing the fallback in t
     orjson = None  # type: ignore[assignment]
 
 __all__ = [
-    "BACKEND",
     "TooDeep",
     "dumps",
     "fast_loads",
@@ -47,9 +46,6 @@ __all__ = [
     "survey",
     "too_deep",
 ]
-
-#: ``"orjson"`` when the fast path is available, else ``"json"`` (for diagnostics).
-BACKEND = "orjson" if orjson is not None else "json"
 
 _LEAVES = frozenset((str, int, bool, type(None)))
 _PLAIN_NODES = _LEAVES | {float, dict, list, tuple}

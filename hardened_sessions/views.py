@@ -1,7 +1,7 @@
 """``ReauthView``: the user proves again who they are before a sensitive action.
 
 Password by default (``PasswordReauthForm``); any proof plugs in through
-``form_class`` (see the README, "Re-authentication"). On success the session key is
+``form_class`` (see docs/operations.rst, "Re-authentication"). On success the session key is
 rotated and the time recorded (``reauth.mark_authenticated``), then the user goes to
 ``next`` when it is a URL of this site, else to ``settings.LOGIN_REDIRECT_URL``.
 

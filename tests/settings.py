@@ -1,6 +1,7 @@
 """Django settings for the test suite.
 
-The "default" database is an SQLite file with the OPTIONS the README recommends.
+The "default" database is an SQLite file with the OPTIONS docs/settings.rst ("SQLite")
+recommends.
 The "postgresql" and "mysql" aliases exist only when HS_TEST_POSTGRES_URL /
 HS_TEST_MYSQL_URL are set; tests that need them skip without them, or fail under CI
 (see ``tests.conftest.require_server``).

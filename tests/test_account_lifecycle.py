@@ -579,7 +579,7 @@ def test_check_warns_on_redis_cluster_and_deactivation_still_works(
     redis_cluster: Any, alice: Any
 ) -> None:
     cache = {
-        "BACKEND": "hardened_sessions.cache.RedisClusterCache",
+        "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",
         "LOCATION": redis_cluster.urls,
         "KEY_PREFIX": "hs-account-cluster",
         "OPTIONS": {"socket_timeout": 5, "socket_connect_timeout": 5},
@@ -609,7 +609,7 @@ def test_check_warns_on_redis_cluster_even_when_it_is_down() -> None:
     from tests.servers import free_port
 
     cache = {
-        "BACKEND": "hardened_sessions.cache.RedisClusterCache",
+        "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",
         "LOCATION": [f"redis://127.0.0.1:{free_port()}"],
         "OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1},
     }

@@ -14,13 +14,18 @@
   still stops at Django's ImportError before ours runs; ``check --tag sessions`` shows
   E211. Django's ``RedisCache`` imports redis only at its first command: there E211 is
   what a full ``check`` reports, where the first session request used to fail.)
+* ``hardened_sessions.W213``: a cache (any alias) whose ``BACKEND`` is the Redis Cluster
+  backend's old path, ``hardened_sessions.cache.RedisClusterCache``: it still loads,
+  with a ``DeprecationWarning``, until the next major release.
 * ``hardened_sessions.W212`` (``check --database``): the sessions table is missing where
   the sessions are routed (migrations not applied).
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,8 @@ pytestmark = pytest.mark.django_db
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DJANGO_REDIS = "django.core.cache.backends.redis.RedisCache"
 DJANGO_REDIS_PACKAGE = "django_redis.cache.RedisCache"
-CLUSTER = "hardened_sessions.cache.RedisClusterCache"
+CLUSTER = "hardened_sessions.redis_cluster.RedisClusterCache"
+OLD_CLUSTER = "hardened_sessions.cache.RedisClusterCache"
 PYMEMCACHE = "django.core.cache.backends.memcached.PyMemcacheCache"
 CACHE_ENGINES = ["hardened_sessions.backends.cache", "hardened_sessions.backends.cached_db"]
 
@@ -226,6 +232,70 @@ def test_a_missing_library_under_the_db_engine_is_no_e211(monkeypatch: pytest.Mo
     cache = {"BACKEND": PYMEMCACHE, "LOCATION": "127.0.0.1:11211"}
     messages = _messages(cache, "hardened_sessions.backends.db", tags=["sessions"])
     assert "hardened_sessions.E211" not in [m.id for m in messages]
+
+
+# --- W213: the Redis Cluster backend under its old path ------------------------------------
+
+CLUSTER_LOCATION = ["redis://127.0.0.1:7000"]
+
+
+def test_the_old_cluster_backend_path_loads_the_same_class_with_a_deprecation_warning() -> None:
+    from django.utils.module_loading import import_string
+
+    from hardened_sessions.redis_cluster import RedisClusterCache
+
+    # As Django loads CACHES[alias]["BACKEND"], and as a project's own import would.
+    with pytest.warns(DeprecationWarning, match=re.escape(CLUSTER)):
+        assert import_string(OLD_CLUSTER) is RedisClusterCache
+    with pytest.warns(DeprecationWarning, match=re.escape(CLUSTER)):
+        from hardened_sessions.cache import RedisClusterCache as old_name
+    assert old_name is RedisClusterCache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert import_string(CLUSTER) is RedisClusterCache
+
+
+def _w213(caches: dict[str, Any], engine: str, tags: list[str] | None = None) -> list[CheckMessage]:
+    settings: dict[str, Any] = {"CACHES": caches, "SESSION_ENGINE": engine}
+    with override_settings(**settings), warnings.catch_warnings():
+        # Django's own cache checks load every backend (the warning is tested above).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return [m for m in run_checks(tags=tags) if m.id == "hardened_sessions.W213"]
+
+
+@pytest.mark.parametrize("tags", [None, ["sessions"], [Tags.caches]])
+@pytest.mark.parametrize("engine", [*CACHE_ENGINES, "hardened_sessions.backends.db"])
+def test_the_old_cluster_backend_path_is_w213(engine: str, tags: list[str] | None) -> None:
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "sessions": {"BACKEND": OLD_CLUSTER, "LOCATION": CLUSTER_LOCATION},
+    }
+    (warning,) = _w213(caches, engine, tags)
+    assert warning.msg.startswith(f"CACHES['sessions']['BACKEND'] is {OLD_CLUSTER!r}")
+    assert "removed in the next major release" in warning.msg
+    assert warning.hint == f"Set CACHES['sessions']['BACKEND'] = {CLUSTER!r}."
+
+
+def test_w213_names_each_alias_on_the_old_path() -> None:
+    caches = {
+        "default": {"BACKEND": OLD_CLUSTER, "LOCATION": CLUSTER_LOCATION},
+        "sessions": {"BACKEND": CLUSTER, "LOCATION": CLUSTER_LOCATION},
+        "other": {"BACKEND": OLD_CLUSTER, "LOCATION": CLUSTER_LOCATION},
+    }
+    messages = _w213(caches, CACHE_ENGINES[0])
+    assert [m.hint for m in messages] == [
+        f"Set CACHES['default']['BACKEND'] = {CLUSTER!r}.",
+        f"Set CACHES['other']['BACKEND'] = {CLUSTER!r}.",
+    ]
+
+
+@pytest.mark.parametrize("engine", [*CACHE_ENGINES, "hardened_sessions.backends.db"])
+def test_the_new_cluster_backend_path_is_no_w213(engine: str) -> None:
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "sessions": {"BACKEND": CLUSTER, "LOCATION": CLUSTER_LOCATION},
+    }
+    assert _w213(caches, engine) == []
 
 
 # --- W212: the sessions table is missing (check --database) ------------------------------------

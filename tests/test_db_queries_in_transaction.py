@@ -1,8 +1,8 @@
 """The db engine inside a caller's transaction (``ATOMIC_REQUESTS``, ``atomic()``).
 
 A load is one ``SELECT`` everywhere, in a transaction or not: a user's
-``assertNumQueries`` test must not count savepoints around reads, and the README's
-"a load is one SELECT" must hold. Writes take no savepoint either where their failure
+``assertNumQueries`` test must not count savepoints around reads, and docs/engines.rst's
+"a load ... is one ``SELECT``" must hold. Writes take no savepoint either where their failure
 answers 503 anyway; a create whose fresh key collides with a stored one (the normal,
 retried outcome) must leave the caller's transaction usable, on PostgreSQL too, where
 an error inside a transaction poisons it.

@@ -2,7 +2,7 @@
 
 Each test starts its own cluster of three primaries, each with a replica (two for the
 kill with ``WAIT``; ``redis-cli --cluster create … --cluster-replicas N``), and the
-cache engine on :class:`hardened_sessions.cache.RedisClusterCache`. Four long-lived
+cache engine on :class:`hardened_sessions.redis_cluster.RedisClusterCache`. Four long-lived
 worker threads run the same load as the Sentinel tests
 (``tests/test_failover_sentinel.py``) while the cluster changes under them:
 
@@ -283,7 +283,7 @@ def engine_on(cluster: ReplicatedCluster, *, wait: bool, prefix: str) -> Iterato
     if wait:
         hardened.update(WAIT_SETTINGS)
     config = {
-        "BACKEND": "hardened_sessions.cache.RedisClusterCache",
+        "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",
         "LOCATION": cluster.urls(),
         "KEY_PREFIX": prefix,
         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},

@@ -23,7 +23,7 @@ and now and then log it out and start another. Meanwhile the primary is failed o
 
 The full set (both modes of each fault) runs when ``HS_FAILOVER_TESTS=all`` (tox runs it
 in one environment); otherwise only the ``WAIT`` runs of the polite failover and the
-kill, which hold the guarantees the README states.
+kill, which hold the guarantees docs/engines.rst ("Cache configurations") states.
 """
 
 from __future__ import annotations
@@ -526,7 +526,7 @@ def test_a_crashed_or_cut_off_primary_is_replaced_and_errors_are_503s(
     no_other_errors(load)
     state = final_state(load)
     # Asynchronous replication: what the old primary acknowledged but had not passed on
-    # is gone. Measured and shown without WAIT (see the README's Sentinel section).
+    # is gone. Measured and shown without WAIT (docs/engines.rst, Sentinel and WAIT).
     figures = report(
         f"{fault}, {'WAIT' if wait else 'no WAIT'}",
         load,

@@ -343,7 +343,7 @@ def test_an_imported_cookie_is_logged_in_through_the_middleware(
 
 # --- an imported session is imported once: ended sessions stay ended ---------------------
 #
-# The README's procedure runs the command again after the deploy. Whatever ended an
+# docs/adoption.rst's procedure runs the command again after the deploy. Whatever ended an
 # imported session in between (logout, an admin revoke, a password change elsewhere, a
 # rotation at login or by cycle_key()) must not be undone by that second run: the stock
 # row is still there (rollbacks and old instances read it), so the command has to

@@ -1,10 +1,10 @@
-"""The Redis commands the README lists for an ACL user are all the cache engine needs.
+"""The Redis commands docs/engines.rst lists for an ACL user are all the cache engine needs.
 
 A Redis user allowed exactly those commands (on every key) runs a session through its
 whole life on each Redis backend: create (with the per-user index), load, save, a
 conflicting save, rotation, revocation of the user's other sessions (one of them indexed
 as earlier builds did), logout, and a save after the server forgot its scripts. A
-command missing from the README's list fails here with NOPERM.
+command missing from that list fails here with NOPERM.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.servers import Server, cache_settings, raw_redis, sessions_cache
 ENGINE = "hardened_sessions.backends.cache"
 USER = "hs-sessions-acl-test"
 PASSWORD = "hs-acl-test-password"
-# The list in README.rst ("With Redis ACLs, the sessions' user needs ...").
+# The list in docs/engines.rst ("With Redis ACLs, the sessions' user needs ...").
 COMMANDS = [
     "get",
     "set",

@@ -100,7 +100,7 @@ def test_on_redis_cluster_every_session_write_waits_too(redis_cluster: RedisClus
     from django.core.cache import caches
 
     config = {
-        "BACKEND": "hardened_sessions.cache.RedisClusterCache",
+        "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",
         "LOCATION": redis_cluster.urls,
         "KEY_PREFIX": "hs-wait",
         "OPTIONS": {"socket_timeout": 5},

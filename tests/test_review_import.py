@@ -1,8 +1,8 @@
 """``importdjangosessions --database``: the stock table may live apart from the sessions.
 
-docs/design.rst: the db engine respects database routers, so sessions can live in a database of
-their own while ``django_session`` stays where ``django.contrib.sessions`` kept it
-(``default``). ``--database`` names where the *stock table* is read; the records and
+docs/engines.rst (the db engine): it follows the database routers, so sessions can live
+in a database of their own while ``django_session`` stays where
+``django.contrib.sessions`` kept it (``default``). ``--database`` names where the *stock table* is read; the records and
 their import markers go where the engine reads and writes sessions (the router's
 alias), whatever ``--database`` says. Otherwise the run reported every session as
 imported while the engine could load none of them, and markers kept in another database

@@ -2,10 +2,10 @@
 
 docs/engines.rst: "Scale-out: Redis Cluster and Sentinel, several
 memcached servers, PostgreSQL — existing engines, nothing home-made"; the cache
-engine serves Redis Cluster through ``hardened_sessions.cache.RedisClusterCache``
+engine serves Redis Cluster through ``hardened_sessions.redis_cluster.RedisClusterCache``
 (Django's ``RedisCache`` on redis-py's ``RedisCluster``), Sentinel through
 django-redis's ``SentinelClient``, and memcached pools through ``PyMemcacheCache``'s
-server list. README, "Cache configurations", gives the settings of each.
+server list. docs/engines.rst, "Cache configurations", gives the settings of each.
 
 Servers are real and started by the fixtures of ``tests.servers_scaleout`` (a
 three-primary cluster, a primary with a sentinel) and ``tests.servers`` (three
@@ -84,9 +84,9 @@ CLUSTER_PREFIX = f"hs{RUN_TOKEN}-cl"
 
 
 def cluster_cache(cluster: RedisClusterHandle) -> dict[str, Any]:
-    """README's Redis Cluster configuration, on this run's cluster."""
+    """docs/engines.rst's Redis Cluster configuration, on this run's cluster."""
     return {
-        "BACKEND": "hardened_sessions.cache.RedisClusterCache",
+        "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",
         "LOCATION": cluster.urls,
         "KEY_PREFIX": CLUSTER_PREFIX,
         "VERSION": 6,
@@ -166,7 +166,7 @@ def test_sessions_land_on_every_cluster_node_and_live_their_whole_life(
         SessionStore(new_key).delete()
         assert loads(new_key) == {}
         assert cluster.get(cluster.owner_of(full_key(new_key)), full_key(new_key)) is None
-    # Left: only the two deletes' tombstones per session (README, "Retries"), which the
+    # Left: only the two deletes' tombstones per session (docs/engines.rst, "Retries"), which the
     # delete script wrote in its record's slot (else the cluster refuses the script).
     left = []
     for node in cluster.nodes:
@@ -250,9 +250,40 @@ def test_the_plain_django_cache_api_works_on_the_cluster(on_cluster: RedisCluste
     assert cache.get_many(list(values)) == {}
 
 
+OLD_CLUSTER_BACKEND = "hardened_sessions.cache.RedisClusterCache"
+
+
+def test_the_old_cluster_backend_path_still_works_and_warns(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    """``hardened_sessions.cache.RedisClusterCache``, the path before the module was named
+    ``redis_cluster``, loads the same backend for one more release; Django loading it
+    gets a ``DeprecationWarning`` that names the new path."""
+    from hardened_sessions.redis_cluster import RedisClusterCache
+
+    redis_cluster.flush()
+    old = {**cluster_cache(redis_cluster), "BACKEND": OLD_CLUSTER_BACKEND}
+    try:
+        with sessions_cache(old, SESSION_ENGINE=CACHE_ENGINE):
+            with pytest.warns(DeprecationWarning, match=r"hardened_sessions\.redis_cluster\."):
+                cache = caches[SESSIONS_ALIAS]
+            try:
+                assert type(cache) is RedisClusterCache
+                session = new_session(probe="old path")
+                key = full_key(session.session_key)
+                stored = redis_cluster.get(redis_cluster.owner_of(key), key)
+                assert stored is not None and stored.startswith(b"hs1:")
+                assert loads(session.session_key) == {"probe": "old path"}
+            finally:
+                _close_cluster_client()
+    finally:
+        redis_cluster.flush()
+
+
 def test_per_user_helpers_say_the_cluster_keeps_no_index(on_cluster: RedisClusterHandle) -> None:
-    """docs/design.rst: the per-user helpers raise ``NotImplementedError`` saying why where no
-    index can be kept consistently; a cluster is such a place."""
+    """docs/api.rst and docs/operations.rst, "Per-user sessions": the per-user helpers
+    raise ``NotImplementedError`` saying why where no index can be kept consistently; a
+    cluster is such a place."""
     user = get_user_model().objects.create_user("alice", password=PASSWORD)
     session = new_session(_auth_user_id=str(user.pk))
 
@@ -301,7 +332,7 @@ def cluster_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.mark.usefixtures("cluster_conformance")
 class HardenedCacheRedisClusterConformance(SessionTestsMixin, TransactionTestCase):  # type: ignore[misc, valid-type]
     """Django's SessionTestsMixin on hardened_sessions.backends.cache over a Redis Cluster
-    (``hardened_sessions.cache.RedisClusterCache``)."""
+    (``hardened_sessions.redis_cluster.RedisClusterCache``)."""
 
     backend = SessionStore
     databases = {"default"}
@@ -311,7 +342,7 @@ class HardenedCacheRedisClusterConformance(SessionTestsMixin, TransactionTestCas
     def test_runs_on_the_cluster(self) -> None:
         cache = caches[settings.SESSION_CACHE_ALIAS]
         assert f"{type(cache).__module__}.{type(cache).__qualname__}" == (
-            "hardened_sessions.cache.RedisClusterCache"
+            "hardened_sessions.redis_cluster.RedisClusterCache"
         )
         assert settings.SESSION_ENGINE == CACHE_ENGINE
         session = self.backend()
@@ -330,8 +361,8 @@ SENTINEL_DB = 1
 
 
 def sentinel_cache(sentinel: SentinelHandle, *, connection_factory: bool) -> dict[str, Any]:
-    """README's Sentinel configuration; ``connection_factory`` adds the option without
-    which django-redis cannot build Sentinel pools (README includes it)."""
+    """docs/engines.rst's Sentinel configuration; ``connection_factory`` adds the option
+    without which django-redis cannot build Sentinel pools (the docs include it)."""
     options: dict[str, Any] = {
         "CLIENT_CLASS": "django_redis.client.SentinelClient",
         "SENTINELS": sentinel.sentinels,
@@ -478,7 +509,7 @@ def test_user_sessions_and_revoke_through_sentinel(through_sentinel: SentinelHan
 
 
 def test_the_readme_sentinel_configuration_works(redis_sentinel: SentinelHandle) -> None:
-    """README, "Cache configurations", "Redis Sentinel with django-redis", verbatim
+    """docs/engines.rst, "Cache configurations", "Redis Sentinel with django-redis", verbatim
     (but for the sentinel's address)."""
     _forget_sentinel_pools()
     try:
@@ -495,7 +526,7 @@ def test_the_readme_sentinel_configuration_works(redis_sentinel: SentinelHandle)
 
 # --- memcached: a pool of three servers --------------------------------------------------
 
-# README, "Cache configurations", plus short socket timeouts.
+# docs/engines.rst, "Cache configurations", plus short socket timeouts.
 POOL_OPTIONS = {
     "retry_attempts": 2,
     "retry_timeout": 1,
@@ -626,8 +657,9 @@ def pool_servers(memcached_servers: list[Server]) -> Iterator[list[Server]]:
 def test_a_killed_pool_node_answers_503_until_declared_dead_then_its_sessions_are_missing(
     pool_servers: list[Server], revive_servers: Callable[[Server], Server]
 ) -> None:
-    """docs/design.rst: "a memcached node of a pool fails: its keys answer 503 until the client
-    declares the node dead, then count as missing (those users log in again)". The
+    """docs/engines.rst, "Cache configurations" (memcached): a failing server's sessions
+    "answer 503 until the process declares it dead", "then they count as missing, so
+    those users log in again". The
     sessions on the other two servers are read and written throughout; no 500."""
     servers = pool_servers
     config = cache_settings("pymemcache", memcached=servers, options=POOL_OPTIONS)
@@ -668,16 +700,16 @@ def test_a_killed_pool_node_answers_503_until_declared_dead_then_its_sessions_ar
 def test_a_partitioned_pool_node_that_rejoins_serves_nothing_past_its_deadlines(
     pool_servers: list[Server], fault_proxy: Callable[[Server], FaultProxy]
 ) -> None:
-    """A partition that heals, and the rejoin risk the README states.
+    """A partition that heals, and the rejoin risk the docs state.
 
-    README, "Cache configurations": "If a server was only cut off (a partition) and
-    comes back after ``dead_timeout``, it still holds the records it had, including
-    sessions that were logged out or rotated while it was away (their deletes went
-    elsewhere). Such a record is still checked against its signature and its own
-    deadlines on every load, so the exposure is bounded by the record's earliest
-    deadline: set ``ABSOLUTE_TIMEOUT`` (and ``IDLE_TIMEOUT``) to bound it, and
-    restart (flush) a memcached server that was partitioned rather than letting it
-    rejoin." (Also under "Threat model", "Not covered".)
+    docs/engines.rst, "Cache configurations" (memcached): "What a dead server held is
+    not deleted: if other processes still reach it (a partial partition) or it rejoins
+    after a partition, those records load again there [...]. Each is still checked
+    against its signature and its own deadlines on every load, so the exposure is
+    bounded by the record's earliest deadline: set ``ABSOLUTE_TIMEOUT`` (and
+    ``IDLE_TIMEOUT``) to bound it, and restart (flush) a memcached server that was
+    partitioned rather than letting it rejoin." (Also docs/design.rst, "Threat model",
+    "Not covered".)
 
     Asserted here: while cut off, the node's sessions answer 503 until pymemcache
     declares it dead, then count as missing, and the other servers serve throughout;
@@ -765,7 +797,7 @@ def test_the_cluster_cache_stores_other_values_through_djangos_own_serializer() 
     class that Django's ``RedisCache`` uses by default. Fails loudly if Django moves it."""
     from django.utils.module_loading import import_string
 
-    from hardened_sessions.cache import DJANGO_SERIALIZER
+    from hardened_sessions.redis_cluster import DJANGO_SERIALIZER
 
     serializer = import_string(DJANGO_SERIALIZER)()
     assert serializer.dumps(7) == 7

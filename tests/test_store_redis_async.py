@@ -582,7 +582,7 @@ def test_on_redis_cluster(redis_cluster: RedisClusterHandle) -> None:
     if not native_async_supported():
         pytest.skip("this redis-py has no asyncio client the store accepts")
     config = {
-        "BACKEND": "hardened_sessions.cache.RedisClusterCache",
+        "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",
         "LOCATION": redis_cluster.urls,
         "KEY_PREFIX": f"hs{RUN_TOKEN}-ac",
         "VERSION": 9,

@@ -7,7 +7,7 @@ buffer that grew past ``max_pooled_bytes`` is wiped and dropped; the pool holds
 at most ``max_buffers``; and no two threads ever hold the same buffer.
 
 (Python's immutable copies, the ``str`` and ``bytes`` handed to drivers, cannot
-be wiped; the README says so. These tests cover the engine's own buffers.)
+be wiped; docs/design.rst, "Memory", says so. These tests cover the engine's own buffers.)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from hardened_sessions.buffers import BufferPool, RecordBuffer, default_pool
 from hardened_sessions.exceptions import SessionTooLarge
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.record import Record
+from tests.helpers import buffer_array
 
 SECRET = "remanence-marker-7f3c"
 on_every_database = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -47,7 +48,7 @@ def test_release_zeroes_every_byte() -> None:
     pool = BufferPool()
     buf = pool.acquire()
     buf.write(b"session data: " + SECRET.encode())
-    array = buf.raw_array()
+    array = buffer_array(buf)
     assert not is_zero(array)
     pool.release(buf)
     assert is_zero(array)
@@ -58,7 +59,7 @@ def test_context_manager_zeroes_even_when_the_body_raises() -> None:
     pool = BufferPool()
     with pytest.raises(RuntimeError), pool.buffer() as buf:
         buf.write(SECRET.encode())
-        array = buf.raw_array()
+        array = buffer_array(buf)
         raise RuntimeError("store write failed")
     assert is_zero(array)
 
@@ -66,15 +67,15 @@ def test_context_manager_zeroes_even_when_the_body_raises() -> None:
 def test_growth_wipes_the_array_it_leaves_behind() -> None:
     buf = RecordBuffer(capacity=16)
     buf.write(nonzero(10))
-    small = buf.raw_array()
+    small = buffer_array(buf)
     buf.write(nonzero(100, 0x5A))
-    assert buf.raw_array() is not small
+    assert buffer_array(buf) is not small
     assert is_zero(small), "the outgrown array still holds the record"
     assert buf.getvalue() == nonzero(10) + nonzero(100, 0x5A)
 
     pool = BufferPool()
     pool.release(buf)
-    assert is_zero(buf.raw_array())
+    assert is_zero(buffer_array(buf))
 
 
 def test_wipe_keeps_capacity_and_zeroes() -> None:
@@ -82,7 +83,7 @@ def test_wipe_keeps_capacity_and_zeroes() -> None:
     buf.write(nonzero(40))
     buf.wipe()
     assert buf.capacity == 64 and len(buf) == 0
-    assert is_zero(buf.raw_array())
+    assert is_zero(buffer_array(buf))
     buf.write(b"ab")
     assert buf.getvalue() == b"ab"
 
@@ -99,11 +100,11 @@ chunks = st.lists(
 def test_no_array_ever_used_keeps_data_after_release(capacity: int, pieces: list[bytes]) -> None:
     pool = BufferPool(max_pooled_bytes=1 << 20)
     buf = RecordBuffer(capacity=capacity)
-    arrays = [buf.raw_array()]
+    arrays = [buffer_array(buf)]
     for piece in pieces:
         buf.write(piece)
-        if buf.raw_array() is not arrays[-1]:
-            arrays.append(buf.raw_array())
+        if buffer_array(buf) is not arrays[-1]:
+            arrays.append(buffer_array(buf))
         # Every array but the current one is already clean, before any release.
         assert all(is_zero(old) for old in arrays[:-1])
     assert buf.getvalue() == b"".join(pieces)
@@ -120,7 +121,7 @@ def test_pool_holds_at_most_max_buffers_and_wipes_the_rest() -> None:
     arrays = []
     for n, buf in enumerate(held):
         buf.write(nonzero(50, n + 1))
-        arrays.append(buf.raw_array())
+        arrays.append(buffer_array(buf))
     for buf in held:
         pool.release(buf)
         assert len(pool) <= 3
@@ -142,10 +143,10 @@ def test_pooled_buffers_are_reused() -> None:
 def test_grown_buffer_is_wiped_and_not_pooled() -> None:
     pool = BufferPool(max_buffers=4, max_pooled_bytes=16 * 1024)
     buf = pool.acquire()
-    first = buf.raw_array()
+    first = buffer_array(buf)
     buf.write(nonzero(20_000))
     assert buf.capacity > pool.max_pooled_bytes
-    grown = buf.raw_array()
+    grown = buffer_array(buf)
     pool.release(buf)
     assert is_zero(first) and is_zero(grown)
     assert len(pool) == 0
@@ -171,7 +172,7 @@ def test_threads_never_share_a_buffer() -> None:
                 if id(buf) in held:
                     errors.append(f"thread {n} got a buffer another thread holds")
                 held.add(id(buf))
-            if len(buf) != 0 or not is_zero(buf.raw_array()):
+            if len(buf) != 0 or not is_zero(buffer_array(buf)):
                 errors.append(f"thread {n} got a dirty buffer")
             buf.write(mark)
             for _ in range(3):
@@ -188,7 +189,7 @@ def test_threads_never_share_a_buffer() -> None:
         thread.join()
     assert errors == []
     assert 1 <= len(pool) <= 4
-    assert all(is_zero(buf.raw_array()) for buf in pool._free)
+    assert all(is_zero(buffer_array(buf)) for buf in pool._free)
 
 
 # ---------------------------------------------------------------------------- through the DB engine
@@ -202,7 +203,7 @@ def acquired(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[RecordBuffe
 
     def spy() -> RecordBuffer:
         buf = real_acquire()
-        seen.append((buf, buf.raw_array()))
+        seen.append((buf, buffer_array(buf)))
         return buf
 
     monkeypatch.setattr(default_pool, "acquire", spy)
@@ -214,10 +215,10 @@ def assert_pool_clean(seen: list[tuple[RecordBuffer, bytearray]]) -> None:
     for buf, first in seen:
         assert len(buf) == 0
         assert is_zero(first)
-        assert is_zero(buf.raw_array())
-        assert SECRET.encode() not in buf.raw_array()
+        assert is_zero(buffer_array(buf))
+        assert SECRET.encode() not in buffer_array(buf)
     for buf in default_pool._free:
-        assert is_zero(buf.raw_array())
+        assert is_zero(buffer_array(buf))
     assert len(default_pool) <= default_pool.max_buffers
 
 
@@ -250,7 +251,7 @@ def test_a_record_larger_than_the_initial_capacity_leaves_nothing_behind(
         session = SessionStore()
         session["secret"] = SECRET * 15_000
         session.save()
-    assert any(buf.raw_array() is not first for buf, first in acquired)
+    assert any(buffer_array(buf) is not first for buf, first in acquired)
     assert max(buf.capacity for buf, _ in acquired) > default_pool.max_pooled_bytes
     assert all(buf.capacity <= default_pool.max_pooled_bytes for buf in default_pool._free)
     assert_pool_clean(acquired)

@@ -436,8 +436,9 @@ def test_a_request_makes_one_store_attempt_however_often_it_reads(
 @pytest.mark.parametrize("store_setup", ["cached_db-django-redis"])
 @pytest.mark.parametrize("fault", ["stop", "cut"])
 def test_a_create_that_fails_while_the_cache_is_down_leaves_no_row(outage: Outage) -> None:
-    """docs/design.rst: "nothing half-written is reported as saved"; the db engine's own
-    outage test (``test_threat_store_outage``) expects no row after a failed create."""
+    """docs/design.rst, "What the engines do" (store unreachable: 503): nothing
+    half-written is reported as saved; the db engine's own outage test
+    (``test_threat_store_outage``) expects no row after a failed create."""
     from hardened_sessions.models import HardenedSession
 
     outage.down()

@@ -629,7 +629,7 @@ def test_a_logout_whose_clean_up_fails_answers_503_and_a_retry_ends_the_session(
     variant: str,
     partitioned_cache: tuple[RawCache, dict[str, Any], Partition],
 ) -> None:
-    """The one gap the README names: a copy put back between a logout's two cache
+    """The one gap docs/engines.rst (cached_db) names: a copy put back between a logout's two cache
     deletes outlives a failing second delete. The logout must not report success, and
     a retried logout must end the session everywhere."""
     raw, servers, partition = partitioned_cache

@@ -11,9 +11,10 @@ passed). Sessions that thread created meanwhile landed on the next server, where
 another process's logout never looked. With ``cached_db`` the row was deleted but
 the cached copy still loaded.
 
-docs/design.rst: "a logout, rotation or revoke reports success only when no client of any
-thread or process can load that session again, whatever each client's view of dead
-nodes, else it fails closed (503)".
+docs/engines.rst, "Cache configurations" (memcached): a logout, rotation or revoke of a
+session whose server the process sees failing or dead fails closed with 503, and
+"success is reported only once the delete has reached it", whatever each client's view
+of dead nodes (docs/design.rst, "Places that report success").
 
 Set-up, as in production: three memcached servers, each behind a TCP proxy (the
 pool's ``LOCATION``), two long-lived worker threads of this process and a second,
@@ -78,7 +79,7 @@ from tests.views_http import clock_shifted
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("threat_memcached_pool_worker.py")
 
-# README, "Cache configurations", with short socket timeouts.
+# docs/engines.rst, "Cache configurations", with short socket timeouts.
 POOL_OPTIONS: dict[str, Any] = {
     "retry_attempts": 2,
     "retry_timeout": 1,

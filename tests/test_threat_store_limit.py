@@ -28,6 +28,7 @@ from hardened_sessions.buffers import RecordBuffer
 from hardened_sessions.exceptions import HardenedSessionError, SessionTooLarge
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.record import Record
+from tests.helpers import buffer_array
 
 NOW = 1_700_000_000
 STORE_KEY = "0" * 64
@@ -80,7 +81,7 @@ def test_encode_refuses_a_record_over_the_limit_and_writes_nothing() -> None:
     assert isinstance(exc, HardenedSessionError)
     assert str(size) in str(exc) and "512" in str(exc)
     assert len(buf) == 0
-    assert not any(buf.raw_array())
+    assert not any(buffer_array(buf))
     # Refused before the signature is even computed.
     signature.assert_not_called()
 

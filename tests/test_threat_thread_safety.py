@@ -2,7 +2,7 @@
 
 One request's session object can be shared by several threads (a view fanning work
 out to a thread pool, a streaming response, async code run in a thread). The
-contract (docs/design.rst, "threads touching one session object"): in-memory reads, writes and
+contract (docs/architecture.rst, "Modify" and "Save"): in-memory reads, writes and
 the snapshot a save encodes hold the session's lock, store I/O happens outside it, and
 a save persists one consistent snapshot. A torn save would store a record whose parts
 come from different moments: data changed together stored apart, or an expiry
