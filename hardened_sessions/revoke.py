@@ -68,7 +68,6 @@ def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
     The store reads the index and the records in pipelined batches (a few round trips,
     not one per session); its write path keeps the index near the live sessions."""
     from .backends.base import past_deadline
-    from .backends.db import moment_of
     from .conf import get_config
     from .models import HardenedSession
 
@@ -86,9 +85,9 @@ def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
         live.append(
             HardenedSession(
                 key_hash=key_hash,
-                expire_date=moment_of(rec.deadline),
-                created=moment_of(rec.created),
-                last_activity=moment_of(rec.activity),
+                expire_date=timeutil.moment_of(rec.deadline),
+                created=timeutil.moment_of(rec.created),
+                last_activity=timeutil.moment_of(rec.activity),
                 user_id=pk,
                 size=len(raw) if raw is not None else 0,
                 version=rec.version,

@@ -361,7 +361,7 @@ def test_a_login_lock_held_past_its_bound_fails_closed(
     login is a store failure (503), never a login that skipped the cap."""
     from django.db import transaction
 
-    from hardened_sessions.backends import db as db_engine
+    from hardened_sessions.backends import db_locks
     from hardened_sessions.cap import mysql_user_lock_name, user_lock_id
     from hardened_sessions.exceptions import SessionStoreUnavailable
     from tests.conftest import require_server
@@ -369,7 +369,7 @@ def test_a_login_lock_held_past_its_bound_fails_closed(
 
     if alias not in settings.DATABASES:
         require_server(alias, f"database alias {alias!r} is not configured")
-    monkeypatch.setattr(db_engine, "_USER_LOCK_TIMEOUT", 1)
+    monkeypatch.setattr(db_locks, "_USER_LOCK_TIMEOUT", 1)
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:

@@ -20,7 +20,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, router
 from django.utils import timezone
 
-from ...backends.db import LOCK_ID, LOCK_NAME, SessionStore, mysql_lock_name, single_runner
+from ...backends.db import SessionStore
+from ...backends.db_sweep import LOCK_ID, LOCK_NAME, mysql_lock_name, single_runner
 from ...exceptions import SessionStoreUnavailable
 
 __all__ = ["LOCK_ID", "LOCK_NAME", "Command", "mysql_lock_name", "single_runner"]

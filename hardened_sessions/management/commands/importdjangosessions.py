@@ -50,7 +50,6 @@ from django.utils.dateparse import parse_datetime
 from ... import keys, record, timeutil
 from ...backends.cache import SessionStore as CacheStore
 from ...backends.db import SessionStore as DBStore
-from ...backends.db import moment_of
 from ...buffers import default_pool
 from ...conf import get_config
 from ...exceptions import SessionStoreUnavailable, SessionTooLarge
@@ -504,9 +503,9 @@ class Command(BaseCommand):
         return HardenedSession(
             key_hash=item.store_key,
             data=item.raw,
-            expire_date=moment_of(rec.deadline),
-            created=moment_of(rec.created),
-            last_activity=moment_of(rec.activity),
+            expire_date=timeutil.moment_of(rec.deadline),
+            created=timeutil.moment_of(rec.created),
+            last_activity=timeutil.moment_of(rec.activity),
             user_id=rec.user_id,
             size=len(item.raw),
             version=rec.version,
