@@ -18,7 +18,7 @@ from django.test import override_settings
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.stores import store_for_cache
-from hardened_sessions.stores.redis import _checkout as checkout  # redis-py 4 and 8 alike
+from hardened_sessions.stores.redis_send import checkout  # redis-py 4 and 8 alike
 from tests.servers import Server, cache_settings, sessions_cache
 
 CACHE_ENGINE = "hardened_sessions.backends.cache"
@@ -166,7 +166,7 @@ def test_djangos_rediscache_pool_is_built_as_django_builds_it(
     options: dict[str, Any], location: str, redis_server: Server
 ) -> None:
     """Django's RedisCache has no public accessor for its client; the engine builds its
-    own pool from ``settings.CACHES`` (stores/redis.py ``django_primary_client``). This
+    own pool from ``settings.CACHES`` (stores/redis_clients.py ``django_primary_client``). This
     compares that pool with the primary pool Django builds from the same settings,
     through Django's private attributes (here only, in a test): when a Django release
     reads OPTIONS or LOCATION differently, this fails."""
@@ -228,6 +228,22 @@ def test_served_caches_pass_the_check() -> None:
     caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     assert _e010(CACHES=caches, SESSION_ENGINE=CACHE_ENGINE) == []
     assert _e010(SESSION_ENGINE="hardened_sessions.backends.db") == []
+
+
+def test_django_redis_shardclient_is_refused_naming_the_cluster_backends_path() -> None:
+    """django-redis's ShardClient can't reach a shard's primary: the store refuses it and
+    names the Redis Cluster backend by its current path, not the deprecated one."""
+    from hardened_sessions.stores import UnsupportedCache
+
+    config = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": ["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0"],  # never connected
+        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"},
+    }
+    with sessions_cache(config), pytest.raises(UnsupportedCache) as refused:
+        store_for_cache("sessions")
+    assert "hardened_sessions.redis_cluster.RedisClusterCache" in str(refused.value)
+    assert "hardened_sessions.cache." not in str(refused.value)
 
 
 def test_rendezvous_placement_spreads_keys_and_moves_only_a_lost_servers_keys() -> None:

@@ -19,7 +19,7 @@ from django.contrib.sessions.backends.base import UpdateError
 from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.stores import store_for_cache
-from hardened_sessions.stores.redis import _checkout as checkout  # redis-py 4 and 8 alike
+from hardened_sessions.stores.redis_send import checkout  # redis-py 4 and 8 alike
 from tests.helpers import new_session
 from tests.servers import RawCache, servers_for, variant_cache
 

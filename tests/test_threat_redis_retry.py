@@ -30,7 +30,7 @@ from redis.retry import Retry
 import hardened_sessions
 from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
-from hardened_sessions.stores.redis import _checkout as checkout  # redis-py 4 and 8 alike
+from hardened_sessions.stores.redis_send import checkout  # redis-py 4 and 8 alike
 from tests.redis_reply_proxy import ReplyLosingProxy
 from tests.servers import (
     RawCache,
@@ -250,7 +250,7 @@ def test_on_redis_cluster_a_resent_delete_still_answers_deleted(
     from hardened_sessions.stores.redis import DELETE_SCRIPT, TOMBSTONE_TTL
 
     config = {
-        "BACKEND": "hardened_sessions.cache.RedisClusterCache",
+        "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",
         "LOCATION": redis_cluster.urls,
         "KEY_PREFIX": prefix,
         "OPTIONS": {"socket_timeout": 5},
