@@ -25,7 +25,7 @@ registry exposes them: django-prometheus's ``/metrics`` view, or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any, TypeVar
 
@@ -112,6 +112,22 @@ def timed(engine: Any, operation: Callable[..., T], args: tuple[Any, ...]) -> T:
     start = perf_counter()
     try:
         return operation(*args)
+    except SessionStoreUnavailable:
+        errors.inc()
+        raise
+    finally:
+        seconds.observe(perf_counter() - start)
+
+
+async def atimed(
+    engine: Any, name: str, operation: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+) -> T:
+    """:func:`timed` for an async store access; ``name`` is the sync primitive's name
+    (``_read``, ...), so both paths count under the same labels."""
+    seconds, errors = _children(engine, name)
+    start = perf_counter()
+    try:
+        return await operation(*args)
     except SessionStoreUnavailable:
         errors.inc()
         raise

@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable
 from contextvars import ContextVar
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.middleware import SessionMiddleware
@@ -227,68 +229,128 @@ class HardenedSessionMiddleware(SessionMiddleware):
             return self._answer(request, exception)
         return None
 
-    def process_response(  # type: ignore[override]
+    def _before_save(
         self, request: HttpRequest, response: HttpResponseBase
-    ) -> HttpResponseBase:
+    ) -> tuple[HardenedSessionBase | None, HttpResponseBase | None]:
+        """The hardened session to save, or the response to return as it is."""
         current_session.set(None)
         session = getattr(request, "session", None)
-        if session is None:
-            return response
-        if not _hardened(session):
-            cookie_settings()  # refused settings never reach Django's set_cookie()
-            # django-stubs narrow the response to HttpResponse; Django takes any.
-            return super().process_response(request, response)  # type: ignore[arg-type]
+        if session is None or not _hardened(session):
+            return None, None
         if getattr(response, "_hardened_session_answer", False):
-            return response
+            return None, response
         if session.rotation_failed:
-            return self._answer(request, SessionRotationFailed("rotation failed")) or response
+            return None, self._answer(request, SessionRotationFailed("rotation failed")) or response
         failure = session.store_failure
         if failure is not None:
             # Whatever turned the failure into a response (another middleware, a
             # handler), the answer is 503 and the cookie stays as it was.
-            return self._answer(request, failure) or response
+            return None, self._answer(request, failure) or response
+        return session, None
+
+    def process_response(  # type: ignore[override]
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        session, answer = self._before_save(request, response)
+        if session is None:
+            return answer or self._not_hardened(request, response)
         try:
             return self._save(request, response, session)
         except (HardenedSessionError, UpdateError) as exc:
             return self._answer(request, exc) or response
 
-    def _save(
-        self, request: HttpRequest, response: HttpResponseBase, session: Any
-    ) -> HttpResponseBase:
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        """Under ASGI: the same hooks, with the session saved through its async API
+        (natively, with no thread hop, on engines whose store has an async client)."""
+        self.process_request(request)  # no store access: the session loads lazily
+        # Django built this middleware async (its own __acall__ is used only then).
+        response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
+        session, answer = self._before_save(request, response)
+        if session is None:
+            if answer is not None:
+                return answer
+            return await sync_to_async(self._not_hardened)(request, response)
+        try:
+            return await self._asave(request, response, session)
+        except (HardenedSessionError, UpdateError) as exc:
+            return self._answer(request, exc) or response
+
+    def _not_hardened(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if getattr(request, "session", None) is None:
+            return response
+        cookie_settings()  # refused settings never reach Django's set_cookie()
+        # django-stubs narrow the response to HttpResponse; Django takes any.
+        return super().process_response(request, response)  # type: ignore[arg-type]
+
+    def _action(
+        self, request: HttpRequest, response: HttpResponseBase, session: HardenedSessionBase
+    ) -> tuple[str | None, bool]:
+        """What the response needs from the store (``"save"``, ``"touch"`` or nothing),
+        and whether it varies on the cookie so far. Read before any store access: a
+        save marks the session accessed."""
         accessed = session.accessed
         modified = session.modified
         empty = session.is_empty()
-        cookie_name = cookie_settings().name
-        need_vary = accessed
-        if cookie_name in request.COOKIES and empty:
+        if cookie_settings().name in request.COOKIES and empty:
             self._delete_cookie(response)
-            need_vary = True
-        elif (modified or settings.SESSION_SAVE_EVERY_REQUEST) and not empty:
+            return None, True
+        if (modified or settings.SESSION_SAVE_EVERY_REQUEST) and not empty:
             if response.status_code < 500:
-                session.save()
-                if session.get_expire_at_browser_close():
-                    max_age = None
-                    expires = None
-                else:
-                    max_age = session.cookie_max_age()
-                    expires = http_date(timeutil.now() + max_age)
-                response.set_cookie(
-                    cookie_name,
-                    session.session_key,
-                    max_age=max_age,
-                    expires=expires,
-                    **_cookie_kwargs(),
-                )
-                _mark_private(response)
-                need_vary = True
-        elif response.status_code < 500 and session.needs_touch():
+                return "save", True
+            return None, accessed
+        if response.status_code < 500 and session.needs_touch():
+            return "touch", accessed
+        return None, accessed
+
+    def _set_session_cookie(self, response: HttpResponseBase, session: HardenedSessionBase) -> None:
+        if session.get_expire_at_browser_close():
+            max_age = None
+            expires = None
+        else:
+            max_age = session.cookie_max_age()
+            expires = http_date(timeutil.now() + max_age)
+        response.set_cookie(
+            cookie_settings().name,
+            cast(str, session.session_key),  # just saved: it has a key
+            max_age=max_age,
+            expires=expires,
+            **_cookie_kwargs(),
+        )
+        _mark_private(response)
+
+    def _save(
+        self, request: HttpRequest, response: HttpResponseBase, session: HardenedSessionBase
+    ) -> HttpResponseBase:
+        action, vary = self._action(request, response, session)
+        if action == "save":
+            session.save()
+            self._set_session_cookie(response, session)
+        elif action == "touch":
             try:
                 session.touch()
             except UpdateError:
                 # Only activity was being recorded, and the session is gone: let the
                 # browser forget the cookie, without failing the request.
                 self._delete_cookie(response)
-                need_vary = True
-        if need_vary:
+                vary = True
+        if vary:
+            patch_vary_headers(response, ("Cookie",))
+        return response
+
+    async def _asave(
+        self, request: HttpRequest, response: HttpResponseBase, session: HardenedSessionBase
+    ) -> HttpResponseBase:
+        """:meth:`_save` through the session's async API."""
+        action, vary = self._action(request, response, session)
+        if action == "save":
+            await session.asave()
+            self._set_session_cookie(response, session)
+        elif action == "touch":
+            try:
+                await session.atouch()
+            except UpdateError:
+                self._delete_cookie(response)
+                vary = True
+        if vary:
             patch_vary_headers(response, ("Cookie",))
         return response

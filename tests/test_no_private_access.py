@@ -81,6 +81,7 @@ SUBCLASS_ALLOWLIST = {
     ("backends/base.py", "HardenedSessionBase"): "Django's SessionBase subclass protocol",
     ("backends/mapping.py", "SessionMapping"): "Django's SessionBase subclass protocol",
     ("backends/core.py", "EngineCore"): "Django's SessionBase subclass protocol",
+    ("backends/load.py", "LoadingSession"): "Django's SessionBase subclass protocol",
     ("backends/save.py", "SavingSession"): "Django's SessionBase subclass protocol",
     ("backends/rotate.py", "RotatingSession"): "Django's SessionBase subclass protocol",
 }

@@ -47,7 +47,9 @@ CI runs ``HS_TEST_MODEL_EXAMPLES`` (default 100) examples of ``HS_TEST_MODEL_STE
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -87,6 +89,10 @@ ENGINES: dict[str, tuple[str, str | None, str | None]] = {
     "cache-redis": ("hardened_sessions.backends.cache", None, "django-redis"),
     "cache-memcached": ("hardened_sessions.backends.cache", None, "pymemcache"),
     "cached_db-redis": ("hardened_sessions.backends.cached_db", "default", "django-redis"),
+    # The same model through the async API (aload, asave, acycle_key, ...), which on
+    # Redis runs the policy with the native asyncio store: no thread hop.
+    "cache-redis-async": ("hardened_sessions.backends.cache", None, "django-redis"),
+    "cache-rediscache-async": ("hardened_sessions.backends.cache", None, "django-rediscache"),
 }
 
 PRIMITIVES = ("_read", "_write_new", "_write_update", "_remove", "_read_for_update")
@@ -133,6 +139,55 @@ def faulty_store_class(engine: str, faults: Faults) -> type:
 
     namespace = {name: wrap(name) for name in PRIMITIVES if hasattr(base, name)}
     return type(f"Faulty{base.__name__}", (base,), namespace)
+
+
+class EventLoop:
+    """One event loop in a thread of its own, for the async-driven model: every call
+    runs on it (as under an ASGI server), so the asyncio store keeps one pool."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def async_driven_store_class(engine: str, faults: Faults, loop: EventLoop) -> type:
+    """The engine, its sync API answered by its async one (``load`` by ``aload``...),
+    with the faults injected into the async primitives under the sync names."""
+    base: type = import_module(engine).SessionStore
+
+    def wrap(name: str) -> Any:
+        original = getattr(base, "_a" + name[1:])
+
+        async def primitive(self: Any, *args: Any) -> Any:
+            faults.check(name)
+            return await original(self, *args)
+
+        primitive.__name__ = "_a" + name[1:]
+        return primitive
+
+    def driven(name: str) -> Any:
+        twin = getattr(base, "a" + name)
+
+        def method(self: Any, *args: Any) -> Any:
+            assert self.native_async, "the async model needs a store with an asyncio client"
+            return loop.run(twin(self, *args))
+
+        method.__name__ = name
+        return method
+
+    namespace = {"_a" + name[1:]: wrap(name) for name in PRIMITIVES}
+    for name in ("load", "exists", "create", "save", "delete", "flush", "cycle_key", "touch"):
+        namespace[name] = driven(name)
+    return type(f"AsyncDriven{base.__name__}", (base,), namespace)
 
 
 # ----------------------------------------------------------------------- the model
@@ -471,13 +526,21 @@ def engine_settings(engine_id: str, request: pytest.FixtureRequest) -> Iterator[
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("engine_id", list(ENGINES))
 def test_engine_behaves_as_the_model(engine_id: str, request: pytest.FixtureRequest) -> None:
-    with engine_settings(engine_id, request), clock_at(time.time()) as clock:
+    with ExitStack() as stack:
+        stack.enter_context(engine_settings(engine_id, request))
+        clock = stack.enter_context(clock_at(time.time()))
         faults = Faults()
+        if engine_id.endswith("-async"):
+            loop = EventLoop()
+            stack.callback(loop.close)
+            store_class = async_driven_store_class(ENGINES[engine_id][0], faults, loop)
+        else:
+            store_class = faulty_store_class(ENGINES[engine_id][0], faults)
         machine = type(
             "Model",
             (EngineModel,),
             {
-                "store_class": faulty_store_class(ENGINES[engine_id][0], faults),
+                "store_class": store_class,
                 "faults": faults,
                 "clock": clock,
             },

@@ -1,7 +1,7 @@
 """Session engine on a cache: ``SESSION_ENGINE = "hardened_sessions.backends.cache"``.
 
 The cache named by ``SESSION_CACHE_ALIAS`` must be Redis (django-redis,
-Django's ``RedisCache`` or :class:`hardened_sessions.cache.RedisClusterCache`),
+Django's ``RedisCache`` or :class:`hardened_sessions.redis_cluster.RedisClusterCache`),
 memcached (``PyMemcacheCache``) or ``LocMemCache``; the engine talks to it through
 a raw byte store (:mod:`hardened_sessions.stores`), never through the cache's
 pickling serializer.
@@ -24,7 +24,7 @@ from ..cap import refuse as refuse_login
 from ..cap import report as report_cap
 from ..exceptions import SessionLimitReached
 from ..record import Record
-from ..stores import ByteStore, store_for_cache
+from ..stores import AsyncByteStore, ByteStore, async_store_for_cache, store_for_cache
 from .base import HardenedSessionBase, Token
 
 __all__ = ["SessionStore"]
@@ -35,41 +35,80 @@ def ttl_for(rec: Record) -> int:
     return timeutil.ttl_for(rec.deadline)
 
 
+def _cap_kwargs(cap: UserCap | None) -> dict[str, Any]:
+    return {} if cap is None else {"cap": cap}
+
+
 class SessionStore(HardenedSessionBase):
+    """The cache engine. Under ASGI, on Redis (not memcached or LocMemCache), its
+    async methods talk to Redis through ``redis.asyncio``
+    (:mod:`hardened_sessions.stores.redis_async`): no thread hop."""
+
     def __init__(self, session_key: str | None = None) -> None:
-        self._store: ByteStore = store_for_cache(settings.SESSION_CACHE_ALIAS)
+        alias = settings.SESSION_CACHE_ALIAS
+        self._store: ByteStore = store_for_cache(alias)
+        # redis.asyncio's store (stores/redis_async.py), or None: then async code hops.
+        self._astore: AsyncByteStore | None = async_store_for_cache(alias)
         super().__init__(session_key)
+
+    @property
+    def native_async(self) -> bool:
+        return self._astore is not None
 
     def _read(self, store_key: str) -> tuple[bytes, Token] | None:
         return self._store.get(store_key)
 
+    async def _aread(self, store_key: str) -> tuple[bytes, Token] | None:
+        assert self._astore is not None
+        return await self._astore.get(store_key)
+
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
         cap = self._cap(rec, None)
-        if cap is None:
-            return self._store.add(store_key, data, ttl_for(rec), rec.version, rec.user_id)
         store: Any = self._store  # a store with supports_user_cap takes ``cap``
         try:
-            token = store.add(store_key, data, ttl_for(rec), rec.version, rec.user_id, cap=cap)
+            token = store.add(
+                store_key, data, ttl_for(rec), rec.version, rec.user_id, **_cap_kwargs(cap)
+            )
         except SessionLimitReached:
-            raise refuse_login(type(self), store_key, cap) from None
-        report_cap(type(self), cap, cap.ended)
-        return token
+            raise self._refused(store_key, cap) from None
+        return self._capped(cap, token)
+
+    async def _awrite_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
+        assert self._astore is not None
+        cap = self._cap(rec, None)
+        try:
+            token = await self._astore.add(
+                store_key, data, ttl_for(rec), rec.version, rec.user_id, **_cap_kwargs(cap)
+            )
+        except SessionLimitReached:
+            raise self._refused(store_key, cap) from None
+        return self._capped(cap, token)
 
     def _write_update(
         self, store_key: str, data: memoryview, rec: Record, token: Token
     ) -> Token | None:
         cap = self._cap(rec, self._record.user_id if self._record is not None else None)
-        if cap is None:
-            return self._store.cas(store_key, data, ttl_for(rec), token, rec.version, rec.user_id)
         store: Any = self._store
         try:
             new_token = store.cas(
-                store_key, data, ttl_for(rec), token, rec.version, rec.user_id, cap=cap
+                store_key, data, ttl_for(rec), token, rec.version, rec.user_id, **_cap_kwargs(cap)
             )
         except SessionLimitReached:
-            raise refuse_login(type(self), store_key, cap) from None
-        report_cap(type(self), cap, cap.ended)
-        return new_token
+            raise self._refused(store_key, cap) from None
+        return self._capped(cap, new_token)
+
+    async def _awrite_update(
+        self, store_key: str, data: memoryview, rec: Record, token: Token
+    ) -> Token | None:
+        assert self._astore is not None
+        cap = self._cap(rec, self._record.user_id if self._record is not None else None)
+        try:
+            new_token = await self._astore.cas(
+                store_key, data, ttl_for(rec), token, rec.version, rec.user_id, **_cap_kwargs(cap)
+            )
+        except SessionLimitReached:
+            raise self._refused(store_key, cap) from None
+        return self._capped(cap, new_token)
 
     def _cap(self, rec: Record, previous: str | None) -> UserCap | None:
         """MAX_SESSIONS_PER_USER for a write of ``rec``, where the store enforces it in
@@ -79,8 +118,21 @@ class SessionStore(HardenedSessionBase):
             return None
         return cap_for(self.config, rec.user_id, previous)
 
+    def _refused(self, store_key: str, cap: UserCap | None) -> SessionLimitReached:
+        assert cap is not None  # only a capped write is refused
+        return refuse_login(type(self), store_key, cap)
+
+    def _capped(self, cap: UserCap | None, token: Token | None) -> Token | None:
+        if cap is not None:
+            report_cap(type(self), cap, cap.ended)
+        return token
+
     def _remove(self, store_key: str) -> bool:
         return self._store.delete(store_key)
+
+    async def _aremove(self, store_key: str) -> bool:
+        assert self._astore is not None
+        return await self._astore.delete(store_key)
 
     @classmethod
     def clear_expired(cls) -> Any:

@@ -26,7 +26,7 @@ records, and every copy is checked like the original on load.
   delete removes a copy put there between the two (by a concurrent save, or a
   fill that re-checked the row just before it was deleted); if that delete fails
   the logout answers 503, and such a copy is gone only once a retried logout
-  reaches the cache (README, cached_db).
+  reaches the cache (docs/engines.rst, cached_db).
 * inside a caller's transaction: a save's or a fill's copy is written when it commits
   (never after a rollback), and a delete removes the copy once more after the commit,
   since other requests read the uncommitted delete's row until then.
@@ -47,8 +47,8 @@ from django.db import connections, transaction
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record, peek_version, version_head
 from ..stores import ByteStore, store_for_cache
-from .base import Token, hash_prefix, logger
 from .cache import ttl_for
+from .core import Token, hash_prefix, logger
 from .db import SessionStore as DBStore
 
 __all__ = ["SessionStore"]

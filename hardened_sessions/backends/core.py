@@ -1,19 +1,25 @@
 """``EngineCore``: what every hardened engine holds, and the primitives it implements.
 
 The state of one session object (its record, the version token of the next write,
-the store failure it met), the five storage primitives an engine implements, and
-the plumbing the load, save and rotation policies share (``_io``, ``_reject``,
-``_fresh_record``). The policies build on this class in ``save.py``, ``rotate.py``
-and ``base.py``; docs/architecture.rst walks one request through them.
+the store failure it met), the five storage primitives an engine implements (and
+their async twins, for stores with a native async client), and the plumbing the
+load, save and rotation policies share (``_io``, ``_reject``, ``_fresh_record``).
+
+The policies (``load.py``, ``save.py``, ``rotate.py``) are written once, as
+generators that yield each store access they need as a :class:`Step` and receive
+its answer (or its exception) back. Two drivers run them: :meth:`EngineCore._drive`
+with the sync primitives, :meth:`EngineCore._adrive` with the async ones, so the
+sync and the async paths take every decision in the same code.
+docs/architecture.rst walks one request through them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from django.conf import settings
 from django.utils import timezone
@@ -28,7 +34,7 @@ from ..record import Record
 from ..signals import Reason, emit, session_rejected
 from .mapping import SessionMapping
 
-__all__ = ["EngineCore", "Token", "hash_prefix", "past_deadline"]
+__all__ = ["EngineCore", "Step", "Steps", "Token", "hash_prefix", "past_deadline"]
 
 logger = logging.getLogger("hardened_sessions")
 security_logger = logging.getLogger("django.security.SuspiciousSession")
@@ -37,6 +43,20 @@ security_logger = logging.getLogger("django.security.SuspiciousSession")
 # version-checked (a version number, a memcached cas id, ...). Opaque here.
 Token = Any
 T = TypeVar("T")
+
+
+class Step(NamedTuple):
+    """One store access a policy asks its driver for: the primitive's name without
+    its underscore (``read``, ``read_for_update``, ``write_new``, ``write_update``,
+    ``remove``, or ``discard``: a best-effort ``remove`` whose failure is only
+    logged) and its arguments."""
+
+    primitive: str
+    args: tuple[Any, ...]
+
+
+# A policy: yields the Steps it needs, is sent each one's answer, returns its result.
+Steps = Generator[Step, Any, T]
 
 
 def hash_prefix(store_key: str) -> str:
@@ -120,6 +140,31 @@ class EngineCore(SessionMapping):
         """``_read`` inside :meth:`_conflict_guard`; engines may lock the row here."""
         return self._read(store_key)
 
+    # Async twins, for engines whose store has a native async client (``native_async``);
+    # the others run the sync policy in a thread, as Django's own engines do.
+
+    @property
+    def native_async(self) -> bool:
+        """Whether the async primitives below talk to the store natively."""
+        return False
+
+    async def _aread(self, store_key: str) -> tuple[bytes, Token] | None:
+        raise NotImplementedError
+
+    async def _awrite_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
+        raise NotImplementedError
+
+    async def _awrite_update(
+        self, store_key: str, data: memoryview, rec: Record, token: Token
+    ) -> Token | None:
+        raise NotImplementedError
+
+    async def _aremove(self, store_key: str) -> bool:
+        raise NotImplementedError
+
+    async def _aread_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
+        return await self._aread(store_key)
+
     # ------------------------------------------------------------------ plumbing
 
     @property
@@ -148,6 +193,79 @@ class EngineCore(SessionMapping):
 
                 return metrics.timed(self, operation, args)
             return operation(*args)
+        except SessionStoreUnavailable as exc:
+            self._store_failure = exc
+            raise
+
+    def _discard(self, store_key: str) -> None:
+        """Best-effort delete of a dead record (the store also expires it)."""
+        try:
+            self._remove(store_key)
+        except SessionStoreUnavailable:
+            logger.warning("Could not delete expired session %s….", hash_prefix(store_key))
+
+    async def _adiscard(self, store_key: str) -> None:
+        try:
+            await self._aremove(store_key)
+        except SessionStoreUnavailable:
+            logger.warning("Could not delete expired session %s….", hash_prefix(store_key))
+
+    # ------------------------------------------------------------------ the drivers
+
+    def _drive(self, steps: Steps[T]) -> T:
+        """Run a policy with the sync primitives."""
+        answer: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.send(answer) if error is None else steps.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            error = None
+            try:
+                if step.primitive == "discard":
+                    self._discard(*step.args)
+                    answer = None
+                else:
+                    answer = self._io(getattr(self, "_" + step.primitive), *step.args)
+            except BaseException as exc:  # handed to the policy, which decides
+                answer, error = None, exc
+
+    async def _adrive(self, steps: Steps[T]) -> T:
+        """Run a policy with the async primitives (``native_async`` engines). A
+        cancellation during a store access reaches the policy like any error, so its
+        locks and buffers are released."""
+        answer: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.send(answer) if error is None else steps.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            error = None
+            try:
+                if step.primitive == "discard":
+                    await self._adiscard(*step.args)
+                    answer = None
+                else:
+                    answer = await self._aio(step.primitive, step.args)
+            except BaseException as exc:
+                answer, error = None, exc
+
+    async def _aio(self, primitive: str, args: tuple[Any, ...]) -> Any:
+        """:meth:`_io` for an async primitive."""
+        failure = self._store_failure
+        if failure is not None:
+            raise SessionStoreUnavailable(str(failure)) from failure
+        operation = getattr(self, "_a" + primitive)
+        try:
+            if self.config.metrics:
+                from .. import metrics
+
+                return await metrics.atimed(self, "_" + primitive, operation, args)
+            return await operation(*args)
         except SessionStoreUnavailable as exc:
             self._store_failure = exc
             raise

@@ -2,7 +2,7 @@
 
 Every dict operation looks the dict up under the session's lock, so a write never
 lands in a dict that a rotation or a flush has just replaced, and two threads
-sharing one session object see each other's writes (docs/design.rst, "Threads").
+sharing one session object see each other's writes (docs/architecture.rst, "Modify").
 Store I/O (the first load) happens outside the lock, and the lock is never held
 across an ``await``: the async methods take it only around the dict operation.
 

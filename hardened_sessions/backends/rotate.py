@@ -3,17 +3,15 @@
 ``cycle_key`` deletes the old record before storing the new one, and refuses what
 the new one would refuse (size, JSON) before deleting anything: a rotation never
 leaves two live keys, and one that cannot complete leaves an empty session and a
-503 (docs/design.rst, "Rotation").
+503 (docs/architecture.rst, "Rotation").
 """
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
-
 from .. import keys, record, timeutil
 from ..exceptions import SessionRotationFailed, SessionStoreUnavailable
 from ..signals import Reason, emit, session_revoked
-from .core import hash_prefix, logger
+from .core import Step, Steps, hash_prefix, logger
 from .save import SavingSession
 
 __all__ = ["RotatingSession"]
@@ -22,7 +20,7 @@ __all__ = ["RotatingSession"]
 class RotatingSession(SavingSession):
     """The delete and rotation policy (see the module docstring)."""
 
-    def delete(self, session_key: str | None = None) -> None:
+    def _delete_steps(self, session_key: str | None) -> Steps[None]:
         with self._write_lock:
             if session_key is None:
                 session_key = self.session_key
@@ -30,7 +28,7 @@ class RotatingSession(SavingSession):
                 return
             assert session_key is not None
             store_key = keys.store_key(session_key)
-            if self._io(self._remove, store_key):
+            if (yield Step("remove", (store_key,))):
                 rec = self._record if session_key == self.session_key else None
                 emit(
                     session_revoked,
@@ -44,10 +42,10 @@ class RotatingSession(SavingSession):
             # Forgetting the record would turn that save into a create: the deleted
             # session's data (its user included) stored again under a fresh key.
 
-    def flush(self) -> None:
+    def _flush_steps(self) -> Steps[None]:
         """Delete the stored record (failing loudly if the store can't), then forget it."""
         with self._write_lock:
-            self.delete()
+            yield from self._delete_steps(None)
             with self._lock:
                 self._session_cache = {}
                 self._cleared = True
@@ -57,10 +55,13 @@ class RotatingSession(SavingSession):
                 self._record = None
                 self._token = None
 
-    def cycle_key(self) -> None:
-        """Move the data to a fresh key, failing closed (docs/design.rst: never two live keys)."""
+    def _cycle_key_steps(self) -> Steps[None]:
+        """Move the data to a fresh key, failing closed: never two live keys (docs/architecture.rst,
+        "Rotation")."""
         with self._write_lock:
-            self._get_session()  # a load is store I/O: before the lock
+            if self._cached_session(no_load=False) is None:
+                # A load is store I/O: never under the session's lock.
+                self._keep_loaded((yield from self._load_steps()))
             with self._lock:
                 old_key = self.session_key
                 had_record = self._record is not None
@@ -78,7 +79,7 @@ class RotatingSession(SavingSession):
             if old_key is not None and had_record:
                 store_key = keys.store_key(old_key)
                 try:
-                    existed = self._io(self._remove, store_key)
+                    existed = yield Step("remove", (store_key,))
                 except SessionStoreUnavailable as exc:
                     self.rotation_failed = True
                     raise SessionRotationFailed(
@@ -105,7 +106,7 @@ class RotatingSession(SavingSession):
                 hash_prefix(keys.store_key(old_key)) if rotated and old_key is not None else None
             )
             try:
-                self.create()
+                yield from self._create_steps()
             except Exception as exc:
                 # The old record is gone: whatever stopped the new one (the store, the
                 # random source, data another thread made too large meanwhile), the
@@ -131,15 +132,6 @@ class RotatingSession(SavingSession):
                 ) from exc
             finally:
                 self._rotating_from = None
-
-    async def acycle_key(self) -> None:
-        await sync_to_async(self.cycle_key)()
-
-    async def aflush(self) -> None:
-        await sync_to_async(self.flush)()
-
-    async def atouch(self) -> None:
-        await sync_to_async(self.touch)()
 
     def revoke(self, store_key: str) -> bool:
         """Delete the session stored under ``store_key`` (a key hash, as the admin and

@@ -3,13 +3,12 @@
 A save is a version-checked write of a record encoded once into a pooled buffer.
 When another request wrote the record since this one loaded it, the three-way
 merge of ``hardened_sessions.merge`` applies only this request's changes onto the
-latest record, within ``KEY_ATTEMPTS`` (docs/design.rst, "Lost updates"). A save
+latest record, within ``KEY_ATTEMPTS`` (docs/architecture.rst, "Conflict"). A save
 never brings back a record that was deleted meanwhile (``UpdateError``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.contrib.sessions.backends.base import UpdateError
@@ -18,33 +17,35 @@ from .. import keys, merge, record, timeutil
 from ..exceptions import SessionKeyUnavailable, SessionStoreUnavailable
 from ..record import CorruptRecord, Record
 from ..signals import Reason, emit, session_conflict_merged, session_created, session_rotated
-from .core import EngineCore, Token, hash_prefix, logger
+from .core import Step, Steps, Token, hash_prefix, logger
+from .load import LoadingSession
 
 __all__ = ["SavingSession"]
 
 
-class SavingSession(EngineCore):
+class SavingSession(LoadingSession):
     """The save policy (see the module docstring)."""
 
-    def _write_encoded(
+    def _write_steps(
         self,
         buf: Any,
-        write: Callable[..., Token | None],
+        write: str,
         store_key: str,
         rec: Record,
         *token: Token,
-    ) -> Token | None:
+    ) -> Steps[Token | None]:
         """The one write path: ``rec`` was encoded into the pooled ``buf`` (size bound
         checked on those exact bytes; under the session's lock when it snapshots the
         live dict); the store gets a view of those bytes, released afterwards.
-        ``write`` is ``_write_new``, or ``_write_update`` with the expected ``token``."""
+        ``write`` is ``write_new``, or ``write_update`` with the expected ``token``."""
         view = buf.view()
         try:
-            return self._io(write, store_key, view, rec, *token)
+            answer: Token | None = yield Step(write, (store_key, view, rec, *token))
+            return answer
         finally:
             view.release()
 
-    def create(self) -> None:
+    def _create_steps(self) -> Steps[None]:
         """Store the current data under a fresh key (``created`` starts now)."""
         with self._write_lock:
             config = self.config
@@ -57,7 +58,7 @@ class SavingSession(EngineCore):
                         rec = self._fresh_record(data, timeutil.now(), base=None)
                         buf.wipe()
                         record.encode(rec, store_key, buf, config.max_bytes)
-                    token = self._write_encoded(buf, self._write_new, store_key, rec)
+                    token = yield from self._write_steps(buf, "write_new", store_key, rec)
                     if token is not None:
                         with self._lock:
                             self._session_key = session_key
@@ -94,7 +95,7 @@ class SavingSession(EngineCore):
                 reason=Reason.ROTATION,
             )
 
-    def save(self, must_create: bool = False) -> None:
+    def _save_steps(self, must_create: bool) -> Steps[None]:
         with self._write_lock:
             with self._lock:
                 base = self._record
@@ -102,12 +103,12 @@ class SavingSession(EngineCore):
             if must_create or base is None or not keys.is_well_formed(session_key):
                 # A key with no record behind it (unknown, expired, or set by hand) never
                 # gets one created under it: a save issues a fresh key.
-                self.create()
+                yield from self._create_steps()
                 return
             assert session_key is not None
-            self._update(keys.store_key(session_key), base, touch_only=False)
+            yield from self._update_steps(keys.store_key(session_key), base, touch_only=False)
 
-    def touch(self) -> None:
+    def _touch_steps(self) -> Steps[None]:
         """Record activity (a re-signed record with new deadlines, same data).
 
         Raises ``UpdateError`` when the session was deleted meanwhile; a conflicting
@@ -120,9 +121,9 @@ class SavingSession(EngineCore):
             if base is None or not keys.is_well_formed(session_key):
                 return
             assert session_key is not None
-            self._update(keys.store_key(session_key), base, touch_only=True)
+            yield from self._update_steps(keys.store_key(session_key), base, touch_only=True)
 
-    def _update(self, store_key: str, base: Record, *, touch_only: bool) -> None:
+    def _update_steps(self, store_key: str, base: Record, *, touch_only: bool) -> Steps[None]:
         config = self.config
         with self.pool.buffer() as buf:
             with self._lock:
@@ -135,19 +136,21 @@ class SavingSession(EngineCore):
                 cleared = self._cleared
                 token = self._token
                 record.encode(rec, store_key, buf, config.max_bytes)
-            new_token = self._write_encoded(buf, self._write_update, store_key, rec, token)
+            new_token = yield from self._write_steps(buf, "write_update", store_key, rec, token)
         if new_token is not None:
             self._saved(rec, new_token, base=base, snapshot=rec)
             return
         if touch_only:
             # Someone else wrote meanwhile (their write counts as activity), unless the
             # record is gone: then the session ended and the caller must know.
-            if self._io(self._read, store_key) is None:
+            if (yield Step("read", (store_key,))) is None:
                 raise UpdateError("The session was deleted before its activity was recorded.")
             return
-        self._merge_and_write(store_key, base, rec, cleared)
+        yield from self._merge_steps(store_key, base, rec, cleared)
 
-    def _merge_and_write(self, store_key: str, base: Record, ours: Record, cleared: bool) -> None:
+    def _merge_steps(
+        self, store_key: str, base: Record, ours: Record, cleared: bool
+    ) -> Steps[None]:
         """Apply this request's changes onto the latest stored record (version conflict;
         the merge itself is ``hardened_sessions.merge``)."""
         config = self.config
@@ -155,7 +158,7 @@ class SavingSession(EngineCore):
         our_data = record.decode_payload_data(ours.payload)  # JSON-normalised snapshot
         for _ in range(config.key_attempts):
             with self.pool.buffer() as buf, self._conflict_guard():
-                found = self._io(self._read_for_update, store_key)
+                found = yield Step("read_for_update", (store_key,))
                 latest = self._decode_live(store_key, found)
                 if latest is None:
                     raise UpdateError("The session was deleted before this request saved it.")
@@ -164,7 +167,7 @@ class SavingSession(EngineCore):
                 merged = merge.merge_onto_latest(base_data, our_data, latest.data, cleared=cleared)
                 rec = self._fresh_record(merged, timeutil.now(), base=latest)
                 record.encode(rec, store_key, buf, config.max_bytes)
-                new_token = self._write_encoded(buf, self._write_update, store_key, rec, token)
+                new_token = yield from self._write_steps(buf, "write_update", store_key, rec, token)
             if new_token is not None:
                 logger.debug("Merged a concurrent save into session %s….", hash_prefix(store_key))
                 self._saved(rec, new_token, base=base, snapshot=ours, others=latest)

@@ -43,9 +43,11 @@ from django.dispatch import receiver
 
 __all__ = [
     "SUPPORTED_BACKENDS",
+    "AsyncByteStore",
     "ByteStore",
     "UnsupportedCache",
     "UserIndex",
+    "async_store_for_cache",
     "kind_of",
     "store_for_cache",
 ]
@@ -81,6 +83,39 @@ class ByteStore(Protocol):
     def delete(self, key: str) -> bool: ...
 
 
+class AsyncByteStore(Protocol):
+    """:class:`ByteStore`'s verbs as coroutines, for a store with a native asyncio
+    client (:mod:`.redis_async`); ``cap`` is the per-user cap of a login's write
+    (``hardened_sessions.cap``) on stores that enforce it."""
+
+    async def get(self, key: str) -> tuple[bytes, Any] | None: ...
+
+    async def add(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        version: int,
+        user: str | None = None,
+        *,
+        cap: Any = None,
+    ) -> Any | None: ...
+
+    async def cas(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        token: Any,
+        version: int,
+        user: str | None = None,
+        *,
+        cap: Any = None,
+    ) -> Any | None: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+
 class UserIndex(Protocol):
     """What a store with ``supports_user_index`` offers the per-user helpers."""
 
@@ -101,7 +136,7 @@ class UserIndex(Protocol):
 SUPPORTED_BACKENDS = {
     "django_redis.cache.RedisCache": "redis",
     "django.core.cache.backends.redis.RedisCache": "redis",
-    "hardened_sessions.cache.RedisClusterCache": "redis",
+    "hardened_sessions.redis_cluster.RedisClusterCache": "redis",
     "django.core.cache.backends.memcached.PyMemcacheCache": "memcached",
     "django.core.cache.backends.locmem.LocMemCache": "locmem",
 }
@@ -152,9 +187,31 @@ def store_for_cache(alias: str) -> ByteStore:
         return _stores.setdefault(alias, store)
 
 
+_async_stores: dict[str, AsyncByteStore | None] = {}
+
+
+def async_store_for_cache(alias: str) -> AsyncByteStore | None:
+    """The native asyncio store for cache ``alias``
+    (:class:`~hardened_sessions.stores.redis_async.AsyncRedisByteStore`), or ``None``
+    when its server has no native asyncio client here: the engine's async methods
+    then run the sync store in a thread. redis-py is imported only for a Redis cache."""
+    try:
+        return _async_stores[alias]
+    except KeyError:
+        pass
+    store: AsyncByteStore | None = None
+    if kind_of(caches[alias]) == "redis":
+        from .redis_async import async_store_for
+
+        store = async_store_for(alias)
+    with _lock:
+        return _async_stores.setdefault(alias, store)
+
+
 def reset_stores() -> None:
     with _lock:
         _stores.clear()
+        _async_stores.clear()
 
 
 @receiver(setting_changed)
