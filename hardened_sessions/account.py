@@ -26,7 +26,6 @@ sessions of users already inactive.
 from __future__ import annotations
 
 import logging
-from importlib import import_module
 from typing import Any
 
 from django.apps import apps
@@ -237,34 +236,14 @@ def install() -> None:
 def can_list_sessions() -> bool | None:
     """Whether ``SESSION_ENGINE`` can list (and so end) a user's sessions; ``None`` when
     it is not known here (an engine of another package, or one that cannot load, which
-    other checks report)."""
-    from .backends.cache import SessionStore as CacheStore
-    from .backends.db import SessionStore as DBStore
+    other checks report). Decided from the configuration, without connecting (a check
+    must not depend on the servers being up)."""
+    from .capabilities import Capability, engine_capabilities
 
-    try:
-        engine = import_module(settings.SESSION_ENGINE).SessionStore
-    except Exception:  # noqa: BLE001 -- reported by hardened_sessions.E200
+    caps = engine_capabilities()
+    if not caps:
         return None
-    if not isinstance(engine, type):
-        return None
-    if issubclass(engine, DBStore):  # db and cached_db: the table is the truth
-        return True
-    if issubclass(engine, CacheStore):
-        from django.core.cache import caches
-
-        from .redis_cluster import RedisClusterCache
-        from .stores import kind_of
-
-        # Decided from the configuration, without connecting (a check must not depend
-        # on the servers being up): the byte stores keep a per-user index exactly on
-        # Redis without Cluster and LocMemCache (``supports_user_index``).
-        try:
-            cache = caches[settings.SESSION_CACHE_ALIAS]
-            kind = kind_of(cache)
-        except Exception:  # noqa: BLE001 -- reported by hardened_sessions.E010/E211
-            return None
-        return kind in ("redis", "locmem") and not isinstance(cache, RedisClusterCache)
-    return None
+    return Capability.USER_INDEX in caps
 
 
 @register(Tags.security, "sessions")
@@ -346,7 +325,6 @@ def end_sessions_of_inactive_users(
 
 
 def _model_backed() -> bool:
-    from .backends.db import SessionStore as DBStore
+    from .capabilities import Capability, engine_capabilities
 
-    engine = import_module(settings.SESSION_ENGINE).SessionStore
-    return isinstance(engine, type) and issubclass(engine, DBStore)
+    return Capability.ROWS in engine_capabilities()

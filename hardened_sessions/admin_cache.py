@@ -15,7 +15,6 @@ engine of another package the page lists nothing and says why.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Any
 from urllib.parse import urlencode
 
@@ -33,6 +32,7 @@ from django.utils.translation import gettext, ngettext
 
 from .admin_revoke import RevokeActionsAdmin
 from .admin_rows import is_row_id, row_id
+from .capabilities import Capability, engine_capabilities
 from .models import HardenedSession
 from .revoke import revoke_user_sessions, user_sessions
 from .signals import Reason
@@ -54,13 +54,10 @@ OTHER_ENGINE = "other"  # an engine of another package: neither is known here
 
 def engine_kind() -> str:
     """Which of the above ``SESSION_ENGINE`` is (subclasses count as their base)."""
-    from .backends.cache import SessionStore as CacheStore
-    from .backends.db import SessionStore as DBStore
-
-    store_class = getattr(import_module(settings.SESSION_ENGINE), "SessionStore", None)
-    if isinstance(store_class, type) and issubclass(store_class, DBStore):
+    caps = engine_capabilities()
+    if Capability.ROWS in caps:
         return MODEL_ENGINE
-    if isinstance(store_class, type) and issubclass(store_class, CacheStore):
+    if Capability.CACHE in caps:
         return CACHE_ENGINE
     return OTHER_ENGINE
 

@@ -100,11 +100,11 @@ def report(sender: Any, cap: UserCap, ended: Iterable[str]) -> None:
     """``session_revoked`` (``Reason.CAP``) for each session the cap ended."""
     from .backends.base import hash_prefix
 
-    for key_hash in ended:
+    for store_key in ended:
         emit(
             session_revoked,
             sender,
-            key_hash_prefix=hash_prefix(key_hash),
+            key_hash_prefix=hash_prefix(store_key),
             user_id=cap.user,
             reason=Reason.CAP,
         )
@@ -134,22 +134,22 @@ def refuse(sender: Any, store_key: str, cap: UserCap) -> SessionLimitReached:
 
 def _unenforced_reason() -> str | None:
     """Why the configured engine cannot enforce the cap, or ``None`` when it can."""
-    engine = getattr(settings, "SESSION_ENGINE", "")
-    if engine != "hardened_sessions.backends.cache":
+    from .capabilities import Capability, engine_capabilities
+
+    caps = engine_capabilities()
+    if not caps or Capability.USER_CAP in caps:
         return None  # db and cached_db enforce it; other engines are W201's business
     from django.core.cache import caches
 
-    from .stores import store_for_cache
+    from .stores import store_class_for
 
     try:
-        store = store_for_cache(settings.SESSION_CACHE_ALIAS)
+        cache = caches[settings.SESSION_CACHE_ALIAS]
+        store_class_for(cache)
     except Exception:  # noqa: BLE001 -- reported by hardened_sessions.E010/E211
         return None
-    if getattr(store, "supports_user_cap", False):
-        return None
-    cache = caches[settings.SESSION_CACHE_ALIAS]
     name = f"{type(cache).__module__}.{type(cache).__qualname__}"
-    if getattr(store, "supports_user_index", False):
+    if Capability.USER_INDEX in caps:
         return (
             f"the session cache ({name}) has a KEY_FUNCTION that does not keep the key as "
             "it is, so a login's script cannot name the user's other sessions"

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from .checks_engine import engine_is
+from .capabilities import Capability, engine_capabilities
 
 __all__ = [
     "CLIENT_LIBRARY_EXTRAS",
@@ -42,10 +42,7 @@ CLIENT_LIBRARY_EXTRAS = {"redis": "redis", "django_redis": "redis", "pymemcache"
 
 
 def cache_checks() -> list[CheckMessage]:
-    if not (
-        engine_is("hardened_sessions.backends.cache.SessionStore")
-        or engine_is("hardened_sessions.backends.cached_db.SessionStore")
-    ):
+    if Capability.CACHE not in engine_capabilities():
         return []
     from django.core.cache import InvalidCacheBackendError, caches
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Warning
 
-from .checks_engine import engine_is
+from .capabilities import Capability, engine_capabilities
 
 __all__ = ["RECOMMENDED_SQLITE_OPTIONS", "check_database", "check_sqlite_options"]
 
@@ -29,9 +28,7 @@ RECOMMENDED_SQLITE_OPTIONS: dict[str, Any] = {
 
 def check_sqlite_options(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W030 (``check --deploy``): SQLite without the options for several processes."""
-    if not settings.SESSION_ENGINE.startswith("hardened_sessions.backends.") or (
-        settings.SESSION_ENGINE == "hardened_sessions.backends.cache"
-    ):
+    if Capability.ROWS not in engine_capabilities():
         return []
     from django.apps import apps
     from django.db import connections, router
@@ -76,7 +73,7 @@ def check_database(
     app_configs: Any = None, databases: Iterable[str] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """W212: the sessions table is missing where the sessions are routed."""
-    if not databases or not engine_is("hardened_sessions.backends.db.SessionStore"):
+    if not databases or Capability.ROWS not in engine_capabilities():
         return []
     from django.db import DatabaseError, connections, router
 

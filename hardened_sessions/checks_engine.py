@@ -6,8 +6,9 @@
   hardened;
 * ``hardened_sessions.W001``: a hardened engine without ``HardenedSessionMiddleware``.
 
-The other checks ask the same questions (which engine, which middleware) through the
-predicates here. :mod:`hardened_sessions.checks` registers the checks.
+The other checks ask which engine this is through
+:func:`~hardened_sessions.capabilities.engine_capabilities`, and which middleware
+through the predicates here. :mod:`hardened_sessions.checks` registers the checks.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from importlib import import_module
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from .capabilities import capabilities_of, engine_capabilities
+
 __all__ = [
     "DJANGO_MIDDLEWARE_PATH",
     "MIDDLEWARE_PATH",
     "engine_checks",
     "engine_class",
-    "engine_is",
     "hardened_middleware_installed",
     "middleware_checks",
     "uses_hardened_engine",
@@ -37,20 +39,10 @@ def engine_class() -> type:
     return import_module(settings.SESSION_ENGINE).SessionStore  # type: ignore[no-any-return]
 
 
-def engine_is(base: str) -> bool:
-    """Whether ``SESSION_ENGINE``'s store is a subclass of ``base`` (a dotted path); a
-    project's own engine built on a hardened one counts as hardened."""
-    from django.utils.module_loading import import_string
-
-    try:
-        engine = engine_class()
-    except Exception:  # noqa: BLE001 -- reported as E200 where it matters
-        return False
-    return isinstance(engine, type) and issubclass(engine, import_string(base))
-
-
 def uses_hardened_engine() -> bool:
-    return engine_is("hardened_sessions.backends.base.HardenedSessionBase")
+    """Whether ``SESSION_ENGINE`` is a hardened engine (or a project's own engine built
+    on one)."""
+    return bool(engine_capabilities())
 
 
 def hardened_middleware_installed() -> bool:
@@ -73,8 +65,6 @@ def engine_checks() -> list[CheckMessage]:
     """E200 and W201: what ``HardenedSessionMiddleware`` finds in ``SESSION_ENGINE``."""
     if not hardened_middleware_installed():
         return []
-    from .backends.base import HardenedSessionBase
-
     engine_path = settings.SESSION_ENGINE
     try:
         engine = engine_class()
@@ -89,7 +79,7 @@ def engine_checks() -> list[CheckMessage]:
                 id="hardened_sessions.E200",
             )
         ]
-    if isinstance(engine, type) and issubclass(engine, HardenedSessionBase):
+    if capabilities_of(engine):
         return []
     return [
         Warning(

@@ -226,13 +226,13 @@ def _model_backed_engine() -> Any:
     """The configured engine's ``SessionStore`` when it keeps device metadata, else None."""
     from django.conf import settings
 
-    from .backends.db import SessionStore as DBStore
+    from .capabilities import Capability, capabilities_of
 
     try:
         store_class = importlib.import_module(settings.SESSION_ENGINE).SessionStore
     except (ImportError, AttributeError):
         return None
-    if isinstance(store_class, type) and issubclass(store_class, DBStore):
+    if Capability.ROWS in capabilities_of(store_class):
         return store_class
     return None
 
@@ -296,17 +296,14 @@ def check_cache_engine_device_metadata(
     none (neither the sessions page nor ``session_new_device`` see a device)."""
     from django.conf import settings
 
-    from .backends.cache import SessionStore as CacheStore
+    from .capabilities import Capability, engine_capabilities
 
     if validate(getattr(settings, "HARDENED_SESSIONS", None)):
         return []  # E001 reports the setting itself
     if not get_config().device_metadata:
         return []
-    try:
-        store_class = importlib.import_module(settings.SESSION_ENGINE).SessionStore
-    except (ImportError, AttributeError):
-        return []
-    if not (isinstance(store_class, type) and issubclass(store_class, CacheStore)):
+    caps = engine_capabilities()
+    if Capability.CACHE not in caps or Capability.ROWS in caps:
         return []
     return [
         CheckWarning(

@@ -18,14 +18,22 @@ from typing import Any
 
 from django.conf import settings
 
-from .. import timeutil
+from .. import record, timeutil
 from ..cap import UserCap, cap_for
 from ..cap import refuse as refuse_login
 from ..cap import report as report_cap
+from ..capabilities import Capability
 from ..exceptions import SessionLimitReached
 from ..record import Record
-from ..stores import AsyncByteStore, ByteStore, async_store_for_cache, store_for_cache
+from ..stores import (
+    AsyncByteStore,
+    ByteStore,
+    async_store_for_cache,
+    cache_capabilities,
+    store_for_cache,
+)
 from .base import HardenedSessionBase, Token
+from .core import Handle
 
 __all__ = ["SessionStore"]
 
@@ -51,20 +59,31 @@ class SessionStore(HardenedSessionBase):
         self._astore: AsyncByteStore | None = async_store_for_cache(alias)
         super().__init__(session_key)
 
+    @classmethod
+    def capabilities(cls) -> Capability:
+        """``CACHE``, and what the store of ``SESSION_CACHE_ALIAS`` can do, decided from
+        the settings without connecting; ``CACHE`` alone when that cache cannot be
+        served (``hardened_sessions.E010``/``E211`` report it)."""
+        try:
+            store = cache_capabilities(settings.SESSION_CACHE_ALIAS)
+        except Exception:  # noqa: BLE001 -- reported by the cache checks
+            store = Capability(0)
+        return Capability.CACHE | store
+
     @property
     def native_async(self) -> bool:
         return self._astore is not None
 
-    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
+    def _read(self, store_key: str) -> tuple[bytes, Handle] | None:
         return self._store.get(store_key)
 
-    async def _aread(self, store_key: str) -> tuple[bytes, Token] | None:
+    async def _aread(self, store_key: str) -> tuple[bytes, Handle] | None:
         assert self._astore is not None
         return await self._astore.get(store_key)
 
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
         cap = self._cap(rec, None)
-        store: Any = self._store  # a store with supports_user_cap takes ``cap``
+        store: Any = self._store  # a store with Capability.USER_CAP takes ``cap``
         try:
             token = store.add(
                 store_key, data, ttl_for(rec), rec.version, rec.user_id, **_cap_kwargs(cap)
@@ -91,7 +110,14 @@ class SessionStore(HardenedSessionBase):
         store: Any = self._store
         try:
             new_token = store.cas(
-                store_key, data, ttl_for(rec), token, rec.version, rec.user_id, **_cap_kwargs(cap)
+                store_key,
+                data,
+                ttl_for(rec),
+                token,
+                rec.version,
+                rec.user_id,
+                head=record.version_head(token.version),
+                **_cap_kwargs(cap),
             )
         except SessionLimitReached:
             raise self._refused(store_key, cap) from None
@@ -104,7 +130,14 @@ class SessionStore(HardenedSessionBase):
         cap = self._cap(rec, self._record.user_id if self._record is not None else None)
         try:
             new_token = await self._astore.cas(
-                store_key, data, ttl_for(rec), token, rec.version, rec.user_id, **_cap_kwargs(cap)
+                store_key,
+                data,
+                ttl_for(rec),
+                token,
+                rec.version,
+                rec.user_id,
+                head=record.version_head(token.version),
+                **_cap_kwargs(cap),
             )
         except SessionLimitReached:
             raise self._refused(store_key, cap) from None
@@ -114,7 +147,7 @@ class SessionStore(HardenedSessionBase):
         """MAX_SESSIONS_PER_USER for a write of ``rec``, where the store enforces it in
         the write itself (Redis without Cluster, LocMemCache: hardened_sessions.cap);
         memcached and Redis Cluster cannot (``hardened_sessions.W402``)."""
-        if not getattr(self._store, "supports_user_cap", False):
+        if Capability.USER_CAP not in self._store.capabilities:
             return None
         return cap_for(self.config, rec.user_id, previous)
 

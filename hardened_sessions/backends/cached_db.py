@@ -32,8 +32,10 @@ records, and every copy is checked like the original on load.
   since other requests read the uncommitted delete's row until then.
 
 The fill marker relies on what every byte store's compare-and-set does: replace a
-value only while it still starts with the version the token names
-(``test_a_fill_lands_its_copy_only_over_its_own_marker`` checks it on each store).
+value only while it is still the one the token's handle names, or, without a handle,
+while it still starts with the head the engine hands it (``record.version_head`` of
+the token's version; ``test_a_fill_lands_its_copy_only_over_its_own_marker`` checks
+it on each store).
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import connections, transaction
 
+from ..capabilities import Capability
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record, peek_version, version_head
 from ..stores import ByteStore, store_for_cache
 from .cache import ttl_for
-from .core import Token, hash_prefix, logger
+from .core import Handle, Token, hash_prefix, logger
 from .db import SessionStore as DBStore
 
 __all__ = ["SessionStore"]
@@ -76,21 +79,25 @@ def is_fill_marker(raw: bytes) -> bool:
 
 
 class SessionStore(DBStore):
+    @classmethod
+    def capabilities(cls) -> Capability:
+        """The db engine's, with copies of the records in the cache."""
+        return super().capabilities() | Capability.CACHE
+
     def __init__(self, session_key: str | None = None) -> None:
         self._cache: ByteStore = store_for_cache(settings.SESSION_CACHE_ALIAS)
         super().__init__(session_key)
 
-    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
+    def _read(self, store_key: str) -> tuple[bytes, Handle] | None:
         cached = self._cache.get(store_key)
         if cached is not None and not is_fill_marker(cached[0]):
-            # No token: the database's token is the record's version, which the copy
-            # carries (the engine reads it from the record once verified), and a load
-            # tells a copy (nothing to fill) from a row by it.
+            # No handle: a save compares the record's version with the row's, and a
+            # load tells a copy (nothing to fill) from a row (its version column) by it.
             return cached[0], None
         return super()._read(store_key)
 
     def _loaded(self, store_key: str, raw: bytes, rec: Record, token: Token) -> None:
-        if token is None:
+        if token.cas is None:
             return  # read from the cache
         self._after_commit(lambda: self._fill(store_key, raw, rec))
 
@@ -118,7 +125,14 @@ class SessionStore(DBStore):
                 self._cache.delete(store_key)
                 return
             # Only over our own marker: a save or delete since the add removed it.
-            self._cache.cas(store_key, memoryview(raw), ttl_for(rec), held, rec.version)
+            self._cache.cas(
+                store_key,
+                memoryview(raw),
+                ttl_for(rec),
+                held,
+                rec.version,
+                head=version_head(held.version),
+            )
         except SessionStoreUnavailable:
             # The database answered the load; the copy is only an optimisation, and
             # what a failed fill leaves (its marker) never loads a session.

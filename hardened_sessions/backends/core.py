@@ -32,16 +32,14 @@ from ..conf import Config, get_config
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
 from ..signals import Reason, emit, session_rejected
+from ..stores.token import Handle, Token
 from .mapping import SessionMapping
 
-__all__ = ["EngineCore", "Step", "Steps", "Token", "hash_prefix", "past_deadline"]
+__all__ = ["EngineCore", "Handle", "Step", "Steps", "Token", "hash_prefix", "past_deadline"]
 
 logger = logging.getLogger("hardened_sessions")
 security_logger = logging.getLogger("django.security.SuspiciousSession")
 
-# What an engine hands back with a record so that the next write can be
-# version-checked (a version number, a memcached cas id, ...). Opaque here.
-Token = Any
 T = TypeVar("T")
 
 
@@ -92,7 +90,7 @@ class EngineCore(SessionMapping):
         # Serialises this object's writes to the store; see the module docstring.
         self._write_lock = threading.RLock()
         self._record: Record | None = None
-        self._token: Token = None
+        self._token: Token | None = None
         self._store_failure: SessionStoreUnavailable | None = None
         self._cleared = False
         # The old key's hash prefix while cycle_key() stores the new record.
@@ -111,8 +109,13 @@ class EngineCore(SessionMapping):
     # Engines implement these. They raise SessionStoreUnavailable when the store
     # cannot answer; any other outcome is a definite answer.
 
-    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
-        """The stored bytes and a version token, or ``None`` when nothing is stored."""
+    # A read answers the stored bytes and the store's own compare-and-set handle of
+    # them (a :data:`Handle`: memcached's cas unique, a row's version, or ``None``);
+    # the load policy builds the :class:`Token` of the next write once the record
+    # verified (``Token(record.version, handle)``). Writes take and return tokens.
+
+    def _read(self, store_key: str) -> tuple[bytes, Handle] | None:
+        """The stored bytes and the store's handle, or ``None`` when nothing is stored."""
         raise NotImplementedError
 
     def _write_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
@@ -136,7 +139,7 @@ class EngineCore(SessionMapping):
         on databases, so the retry does not race again)."""
         return nullcontext()
 
-    def _read_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
+    def _read_for_update(self, store_key: str) -> tuple[bytes, Handle] | None:
         """``_read`` inside :meth:`_conflict_guard`; engines may lock the row here."""
         return self._read(store_key)
 
@@ -148,7 +151,7 @@ class EngineCore(SessionMapping):
         """Whether the async primitives below talk to the store natively."""
         return False
 
-    async def _aread(self, store_key: str) -> tuple[bytes, Token] | None:
+    async def _aread(self, store_key: str) -> tuple[bytes, Handle] | None:
         raise NotImplementedError
 
     async def _awrite_new(self, store_key: str, data: memoryview, rec: Record) -> Token | None:
@@ -162,7 +165,7 @@ class EngineCore(SessionMapping):
     async def _aremove(self, store_key: str) -> bool:
         raise NotImplementedError
 
-    async def _aread_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
+    async def _aread_for_update(self, store_key: str) -> tuple[bytes, Handle] | None:
         return await self._aread(store_key)
 
     # ------------------------------------------------------------------ plumbing

@@ -44,12 +44,14 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 
 from ..cap import cap_for
+from ..capabilities import Capability
 from ..device import stored_ip, stored_user_agent
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
 from ..timeutil import moment_of
 from . import db_locks, db_sql, db_sweep
 from .base import HardenedSessionBase, Token, hash_prefix
+from .core import Handle
 from .db_cap import capped_write
 
 # The sweep's runner lock, imported from here by projects and by
@@ -63,6 +65,11 @@ T = TypeVar("T")
 
 
 class SessionStore(HardenedSessionBase):
+    @classmethod
+    def capabilities(cls) -> Capability:
+        """Rows of the model: listed per user, capped in the write (``db_cap``)."""
+        return Capability.ROWS | Capability.USER_INDEX | Capability.USER_CAP
+
     @classmethod
     def get_model_class(cls) -> Any:
         # Imported lazily so that importing the engine does not need the app registry.
@@ -116,7 +123,9 @@ class SessionStore(HardenedSessionBase):
         :mod:`.db_sql`)."""
         return db_sql.statement(connections[alias], self.model._meta, kind, names)
 
-    def _read(self, store_key: str) -> tuple[bytes, Token] | None:
+    def _read(self, store_key: str) -> tuple[bytes, Handle] | None:
+        """The record and its row's version column (the handle: what the ``UPDATE``
+        compares, the same number the record carries)."""
         alias = self._db_read()
         sql = self._sql(alias, "select")
 
@@ -131,7 +140,7 @@ class SessionStore(HardenedSessionBase):
         data, version = row
         return bytes(data) if isinstance(data, memoryview) else data, version
 
-    def _read_for_update(self, store_key: str) -> tuple[bytes, Token] | None:
+    def _read_for_update(self, store_key: str) -> tuple[bytes, Handle] | None:
         alias = self._db_write()
         connection = connections[alias]
         sql = self._sql(alias, "select_for_update")
@@ -196,7 +205,7 @@ class SessionStore(HardenedSessionBase):
             inserted = self._run(alias, write, "create a session", write=True)
         if not inserted:
             return None
-        return rec.version
+        return Token(rec.version)
 
     def _write_update(
         self, store_key: str, data: memoryview, rec: Record, token: Token
@@ -209,7 +218,7 @@ class SessionStore(HardenedSessionBase):
         params = [
             meta.get_field(name).get_db_prep_save(columns[name], connection) for name in names
         ]
-        params += [store_key, token]
+        params += [store_key, token.version]
         sql = self._sql(alias, "update", names)
 
         def update() -> int:
@@ -227,7 +236,7 @@ class SessionStore(HardenedSessionBase):
             updated = self._run(alias, update, "save a session", write=True)
         if not updated:
             return None
-        return rec.version
+        return Token(rec.version)
 
     def _remove(self, store_key: str) -> bool:
         alias = self._db_write()

@@ -24,7 +24,7 @@ class LoadingSession(EngineCore):
     """The load policy (see the module docstring)."""
 
     def _adopt(
-        self, session_key: str | None, rec: Record | None, token: Token = None
+        self, session_key: str | None, rec: Record | None, token: Token | None = None
     ) -> dict[str, Any]:
         """Make a load's outcome the object's state, unless the object already has a
         dict (another thread's load finished first, or the session was saved, rotated
@@ -35,14 +35,13 @@ class LoadingSession(EngineCore):
         with self._lock:
             if "_session_cache" in self.__dict__ or self._session_key != session_key:
                 return data
-            if rec is None:
+            if rec is None or token is None:
                 self._session_key = None
                 self._record = None
                 self._token = None
             else:
                 self._record = rec
-                # Stores whose token is the record's version may leave it to the record.
-                self._token = rec.version if token is None else token
+                self._token = token
                 self._cleared = False
             # The dict and its record are installed together, so a second load in
             # flight cannot pair this dict with its own (maybe newer) record.
@@ -59,7 +58,7 @@ class LoadingSession(EngineCore):
         found = yield Step("read", (store_key,))
         if found is None:
             return self._adopt(session_key, None)
-        raw, token = found
+        raw, handle = found
         try:
             rec = record.decode(raw, store_key, self.config.max_bytes)
         except CorruptRecord as exc:
@@ -78,13 +77,14 @@ class LoadingSession(EngineCore):
                 reason=Reason.PAST_DEADLINE,
             )
             return self._adopt(session_key, None)
+        token = Token(rec.version, handle)  # the record verified: its version is known
         data = self._adopt(session_key, rec, token)
         self._loaded(store_key, raw, rec, token)
         return data
 
     def _loaded(self, store_key: str, raw: bytes, rec: Record, token: Token) -> None:
-        """Hook: a record was read and accepted, with the token ``_read`` gave (the
-        cached_db engine fills its cache)."""
+        """Hook: a record was read and accepted; ``token`` carries the handle ``_read``
+        gave (the cached_db engine fills its cache)."""
 
     def _exists_steps(self, session_key: str | None) -> Steps[bool]:
         if not keys.is_well_formed(session_key):

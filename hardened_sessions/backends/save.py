@@ -17,7 +17,7 @@ from .. import keys, merge, record, timeutil
 from ..exceptions import SessionKeyUnavailable, SessionStoreUnavailable
 from ..record import CorruptRecord, Record
 from ..signals import Reason, emit, session_conflict_merged, session_created, session_rotated
-from .core import Step, Steps, Token, hash_prefix, logger
+from .core import Handle, Step, Steps, Token, hash_prefix, logger
 from .load import LoadingSession
 
 __all__ = ["SavingSession"]
@@ -37,7 +37,8 @@ class SavingSession(LoadingSession):
         """The one write path: ``rec`` was encoded into the pooled ``buf`` (size bound
         checked on those exact bytes; under the session's lock when it snapshots the
         live dict); the store gets a view of those bytes, released afterwards.
-        ``write`` is ``write_new``, or ``write_update`` with the expected ``token``."""
+        ``write`` is ``write_new``, or ``write_update`` with the expected ``token``
+        (the record it replaces)."""
         view = buf.view()
         try:
             answer: Token | None = yield Step(write, (store_key, view, rec, *token))
@@ -134,7 +135,8 @@ class SavingSession(LoadingSession):
                     data = self._session_cache = base.data
                 rec = self._fresh_record(data, timeutil.now(), base=base)
                 cleared = self._cleared
-                token = self._token
+                # A loaded or saved record always comes with its token.
+                token = self._token if self._token is not None else Token(base.version)
                 record.encode(rec, store_key, buf, config.max_bytes)
             new_token = yield from self._write_steps(buf, "write_update", store_key, rec, token)
         if new_token is not None:
@@ -163,7 +165,7 @@ class SavingSession(LoadingSession):
                 if latest is None:
                     raise UpdateError("The session was deleted before this request saved it.")
                 assert found is not None
-                token = latest.version if found[1] is None else found[1]
+                token = Token(latest.version, found[1])
                 merged = merge.merge_onto_latest(base_data, our_data, latest.data, cleared=cleared)
                 rec = self._fresh_record(merged, timeutil.now(), base=latest)
                 record.encode(rec, store_key, buf, config.max_bytes)
@@ -184,7 +186,7 @@ class SavingSession(LoadingSession):
             f"gave up after {config.key_attempts} attempts."
         )
 
-    def _decode_live(self, store_key: str, found: tuple[bytes, Token] | None) -> Record | None:
+    def _decode_live(self, store_key: str, found: tuple[bytes, Handle] | None) -> Record | None:
         if found is None:
             return None
         try:

@@ -41,9 +41,10 @@ from typing import Any
 from django.conf import settings
 
 from ..cap import UserCap, peek_created
+from ..capabilities import Capability
 from ..exceptions import SessionLimitReached
-from ..record import peek_version
 from . import KEY_NAMESPACE
+from .token import Handle, Token
 
 __all__ = ["LocMemByteStore"]
 
@@ -167,10 +168,9 @@ def _int_option(params: dict[str, Any], name: str, default: int) -> int:
 
 
 class LocMemByteStore:
-    # One lock covers a session and its user's index: the index is exact.
-    supports_user_index = True
-    # ... and enforces MAX_SESSIONS_PER_USER under it (add / cas with ``cap``).
-    supports_user_cap = True
+    # One lock covers a session and its user's index: the index is exact, and
+    # MAX_SESSIONS_PER_USER is enforced under it (add / cas with ``cap``).
+    capabilities = Capability.USER_INDEX | Capability.USER_CAP
 
     def __init__(
         self,
@@ -184,6 +184,10 @@ class LocMemByteStore:
         self.max_entries = max(1, max_entries)
         self.cull_frequency = cull_frequency
         self._records = records
+
+    @classmethod
+    def capabilities_for(cls, cache: Any) -> Capability:
+        return cls.capabilities
 
     @classmethod
     def from_cache(cls, cache: Any, alias: str) -> LocMemByteStore:
@@ -211,13 +215,13 @@ class LocMemByteStore:
 
     # -- the four verbs -------------------------------------------------------------------
 
-    def get(self, key: str) -> tuple[bytes, Any] | None:
+    def get(self, key: str) -> tuple[bytes, Handle] | None:
         k = self._key(key)
         with self._records.lock:
             entry = self._sync().live(k, time.time())
         if entry is None:
             return None
-        return entry.value, peek_version(entry.value)
+        return entry.value, None  # no handle: the record's version is the whole token
 
     def add(
         self,
@@ -228,7 +232,7 @@ class LocMemByteStore:
         user: str | None = None,
         *,
         cap: UserCap | None = None,
-    ) -> Any | None:
+    ) -> Token | None:
         k = self._key(key)
         data = bytes(value)
         with self._records.lock:
@@ -240,26 +244,27 @@ class LocMemByteStore:
             records.make_room(self.max_entries, self.cull_frequency, now)
             records.put(k, _Entry(data, now + max(1, ttl), key, user))
             self._trim(records, others, cap)
-        return version
+        return Token(version)
 
     def cas(
         self,
         key: str,
         value: memoryview,
         ttl: int,
-        token: Any,
+        token: Token,
         version: int,
         user: str | None = None,
         *,
+        head: bytes,
         cap: UserCap | None = None,
-    ) -> Any | None:
+    ) -> Token | None:
         k = self._key(key)
         data = bytes(value)
         with self._records.lock:
             records = self._sync()
             now = time.time()
             current = records.live(k, now)
-            if current is None or token is None or peek_version(current.value) != token:
+            if current is None or not current.value.startswith(head):
                 return None
             try:
                 others = self._capped_others(records, key, user, cap, now)
@@ -268,7 +273,7 @@ class LocMemByteStore:
                 raise
             records.put(k, _Entry(data, now + max(1, ttl), key, user))
             self._trim(records, others, cap)
-        return version
+        return Token(version)
 
     # -- MAX_SESSIONS_PER_USER (hardened_sessions.cap), under the records' lock -----------
 

@@ -5,10 +5,10 @@ Built from a ``PyMemcacheCache`` configuration (its ``LOCATION`` and ``OPTIONS``
 without its serde (pickle), with ``TCP_NODELAY`` on and with ``ignore_exc`` off, so a
 failing server is an error, never a silent miss (``memcached_config.py``).
 
-Compare-and-set uses memcached's own ``gets``/``cas``: the token of a record is
-its cas unique. Right after this store wrote a record the unique is unknown, so
-the token says which version was written and the next ``cas`` fetches the
-unique first, checking the version.
+Compare-and-set uses memcached's own ``gets``/``cas``: the :class:`~.token.Token` of
+a record carries its cas unique. Right after this store wrote a record the unique is
+unknown (the token has only the version), so the next ``cas`` fetches the unique
+first, checking that the record still starts with the head the engine expects.
 
 Placement: each session has one server, its *home* (rendezvous hashing, in
 ``memcached_placement.py``). A record is only ever written to, read from and deleted
@@ -61,20 +61,20 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
+from ..capabilities import Capability
 from ..exceptions import SessionStoreUnavailable
-from ..record import peek_version
 from . import KEY_NAMESPACE
 from .memcached_config import client_config
 from .memcached_config import unsupported_options as unsupported_options
 from .memcached_health import DEAD, FAILING, PROBE, Health
 from .memcached_placement import Placement, node_name
 from .memcached_placement import RendezvousNodes as RendezvousNodes
+from .token import Handle, Token
 
 __all__ = ["MemcachedByteStore", "RendezvousNodes", "unsupported_options"]
 
@@ -89,13 +89,6 @@ _STALE = (MemcacheUnexpectedCloseError, ConnectionResetError, BrokenPipeError)
 # come free (as long as redis-py's BlockingConnectionPool waits by default) before it
 # fails closed.
 POOL_WAIT = 20.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """Token of a record this store just wrote: its version; the cas unique is unknown."""
-
-    version: int
 
 
 def _expire(ttl: int) -> int:
@@ -120,7 +113,8 @@ if hasattr(os, "register_at_fork"):
 
 
 class MemcachedByteStore:
-    supports_user_index = False
+    #: No per-user index: it could not be updated atomically with the sessions.
+    capabilities = Capability(0)
 
     def __init__(
         self,
@@ -194,7 +188,11 @@ class MemcachedByteStore:
         return list(self._names)
 
     @classmethod
-    def from_cache(cls, cache: Any, alias: str | None = None) -> MemcachedByteStore:
+    def capabilities_for(cls, cache: Any) -> Capability:
+        return cls.capabilities
+
+    @classmethod
+    def from_cache(cls, cache: Any, alias: str) -> MemcachedByteStore:
         """The store of a ``PyMemcacheCache`` (see ``memcached_config.py``)."""
         config = client_config(cache, alias)
         return cls(
@@ -279,7 +277,7 @@ class MemcachedByteStore:
             raise self._unavailable(i, verdict)
         return verdict
 
-    def get(self, key: str) -> tuple[bytes, Any] | None:
+    def get(self, key: str) -> tuple[bytes, Handle] | None:
         k = self._key(key)
         i = self.home(k)
         verdict = self._health.verdict(i)
@@ -294,7 +292,7 @@ class MemcachedByteStore:
 
     def add(
         self, key: str, value: memoryview, ttl: int, version: int, user: str | None = None
-    ) -> Any | None:
+    ) -> Token | None:
         k = self._key(key)
         i = self.home(k)
         verdict = self._health.verdict(i)
@@ -306,31 +304,34 @@ class MemcachedByteStore:
             i, verdict == PROBE, "create a session", "add",
             k, bytes(value), _expire(ttl), noreply=False,
         )  # fmt: skip
-        return _Written(version) if stored else None
+        return Token(version) if stored else None
 
     def cas(
         self,
         key: str,
         value: memoryview,
         ttl: int,
-        token: Any,
+        token: Token,
         version: int,
         user: str | None = None,
-    ) -> Any | None:
+        *,
+        head: bytes,
+    ) -> Token | None:
         k = self._key(key)
         i = self.home(k)
         probe = self._writable(i) == PROBE
-        if isinstance(token, _Written):
+        unique = token.cas
+        if unique is None:
+            # Written by this store: fetch the unique, and check it is still that record.
             current, unique = self._run(i, probe, "read a session", "gets", k)
-            if current is None or peek_version(current) != token.version:
+            if current is None or not bytes(current).startswith(head):
                 return None
-            token = unique
-        if token is None:
+        if unique is None:
             return None
         stored = self._run(
-            i, probe, "save a session", "cas", k, bytes(value), token, _expire(ttl), noreply=False
+            i, probe, "save a session", "cas", k, bytes(value), unique, _expire(ttl), noreply=False
         )
-        return _Written(version) if stored else None
+        return Token(version) if stored else None
 
     def delete(self, key: str) -> bool:
         k = self._key(key)

@@ -41,7 +41,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError
 
 from ..cap import UserCap
-from ..record import version_head
+from ..capabilities import Capability
 from . import KEY_NAMESPACE
 from .redis_cap import cap_args, capped
 
@@ -71,8 +71,20 @@ from .redis_scripts import (
 )
 from .redis_send import send, unavailable
 from .redis_wait import ReplicationUnconfirmed as ReplicationUnconfirmed
+from .token import Handle, Token
 
 __all__ = ["RedisByteStore"]
+
+
+def _capabilities(index: bool, template: tuple[str, str] | None) -> Capability:
+    """``USER_INDEX`` with the per-user index; ``USER_CAP`` too when a login's script
+    can enforce MAX_SESSIONS_PER_USER: it needs the index, and the names of the members'
+    records (a KEY_FUNCTION that keeps the key)."""
+    if not index:
+        return Capability(0)
+    if template is None:
+        return Capability.USER_INDEX
+    return Capability.USER_INDEX | Capability.USER_CAP
 
 
 class RedisByteStore(ClusterPaths):
@@ -81,11 +93,10 @@ class RedisByteStore(ClusterPaths):
         client: Callable[[], Any],
         make_key: Callable[[str], str],
         *,
-        supports_user_index: bool = True,
+        user_index: bool = True,
     ) -> None:
         self._client = client
         self._make_key = make_key
-        self.supports_user_index = supports_user_index
         self._scripts: dict[str, Any] = {}
         # Clients with one connection pool take the lean path (redis_send.py). The
         # pool is the client's for good (django-redis keeps one pool per URL and process,
@@ -93,14 +104,25 @@ class RedisByteStore(ClusterPaths):
         self._pool: Any = getattr(client(), "connection_pool", None)
         self._lean = self._pool is not None
         self._record_key_template = key_template(self._key)
+        self.capabilities = _capabilities(user_index, self._record_key_template)
+
+    @classmethod
+    def capabilities_for(cls, cache: Any) -> Capability:
+        """The capabilities of the store of ``cache``, from its configuration: the
+        per-user index everywhere but on Redis Cluster, and with it the cap where the
+        cache's key function keeps the key as it is (see :attr:`capabilities`)."""
+        from ..redis_cluster import RedisClusterCache
+
+        template = key_template(lambda key: str(cache.make_key(KEY_NAMESPACE + key)))
+        return _capabilities(not isinstance(cache, RedisClusterCache), template)
 
     @classmethod
     def from_cache(cls, cache: Any, alias: str) -> RedisByteStore:
         # Store keys are always 64 hex digits: validate the shape once here instead of
         # running Django's per-character memcached-compatibility check on every command.
         cache.validate_key(cache.make_key(KEY_NAMESPACE + "0" * 64))
-        client, supports_user_index = primary_client(cache, alias)
-        return cls(client, cache.make_key, supports_user_index=supports_user_index)
+        client, user_index = primary_client(cache, alias)
+        return cls(client, cache.make_key, user_index=user_index)
 
     def _key(self, key: str) -> str:
         return str(self._make_key(KEY_NAMESPACE + key))
@@ -121,7 +143,7 @@ class RedisByteStore(ClusterPaths):
 
     def _keys(self, key: str, user: str | None) -> list[str]:
         keys = [self._key(key)]
-        if user is not None and self.supports_user_index:
+        if user is not None and Capability.USER_INDEX in self.capabilities:
             keys.append(self._index_key(user))
         return keys
 
@@ -168,7 +190,7 @@ class RedisByteStore(ClusterPaths):
             pipe.execute_command(*command)
         return list(pipe.execute())
 
-    def get(self, key: str) -> tuple[bytes, Any] | None:
+    def get(self, key: str) -> tuple[bytes, Handle] | None:
         try:
             if self._lean:
                 (value,) = self._execute((("GET", self._key(key)),))
@@ -178,17 +200,11 @@ class RedisByteStore(ClusterPaths):
             raise unavailable(exc, "read a session") from exc
         if value is None:
             return None
-        return value, None  # the token is the record's version: the engine reads it there
-
-    @property
-    def supports_user_cap(self) -> bool:
-        """Whether a login's script can enforce MAX_SESSIONS_PER_USER: it needs the index,
-        and the names of the members' records (a KEY_FUNCTION that keeps the key)."""
-        return self.supports_user_index and self._record_key_template is not None
+        return value, None  # no handle: the record's version is the whole token
 
     def _cap_args(self, cap: UserCap | None, keys: list[str]) -> list[Any]:
         """The cap's script arguments (:func:`.redis_cap.cap_args`); none without a cap."""
-        template = self._record_key_template if self.supports_user_cap else None
+        template = self._record_key_template if Capability.USER_CAP in self.capabilities else None
         return cap_args(cap, keys, template)
 
     def add(
@@ -200,7 +216,7 @@ class RedisByteStore(ClusterPaths):
         user: str | None = None,
         *,
         cap: UserCap | None = None,
-    ) -> Any | None:
+    ) -> Token | None:
         keys = self._keys(key, user)
         signature = bytes(value[-SIGNATURE_TAIL:])
         try:
@@ -231,7 +247,7 @@ class RedisByteStore(ClusterPaths):
                 created = self._holds(keys[0], signature)
         except (RedisError, OSError) as exc:
             raise unavailable(exc, "create a session") from exc
-        return version if created else None
+        return Token(version) if created else None
 
     def _holds(self, record_key: str, signature: bytes) -> bool:
         """Whether the record stored under ``record_key`` ends with ``signature``."""
@@ -247,27 +263,27 @@ class RedisByteStore(ClusterPaths):
         key: str,
         value: memoryview,
         ttl: int,
-        token: Any,
+        token: Token,
         version: int,
         user: str | None = None,
         *,
+        head: bytes,
         cap: UserCap | None = None,
-    ) -> Any | None:
-        if token is None:
-            return None
-        return version if self._replace(key, value, ttl, token, user, cap) else None
+    ) -> Token | None:
+        """``head``: the bytes the stored record must start with (the engine's
+        ``record.version_head(token.version)``); the script compares them."""
+        return Token(version) if self._replace(key, value, ttl, head, user, cap) else None
 
     def _replace(
         self,
         key: str,
         value: memoryview,
         ttl: int,
-        expected_version: int,
+        head: bytes,
         user: str | None = None,
         cap: UserCap | None = None,
     ) -> bool:
         keys = self._keys(key, user)
-        head = version_head(expected_version)
         capping = self._cap_args(cap, keys)
         try:
             if self._lean:

@@ -45,7 +45,6 @@ from redis.exceptions import (
 )
 
 from ..conf import get_config
-from ..record import version_head
 from . import kind_of, store_for_cache
 from .redis import RedisByteStore
 from .redis_async_clients import Connect, accepted, connector
@@ -68,6 +67,7 @@ from .redis_scripts import (
     tombstone_name,
 )
 from .redis_send import send_async, unavailable
+from .token import Handle, Token
 
 if TYPE_CHECKING:
     from ..cap import UserCap
@@ -108,7 +108,7 @@ class AsyncRedisByteStore:
         # is the sync store's own, so both name every key alike.
         self._sync = sync
         self._lean = lean
-        self.supports_user_index = sync.supports_user_index
+        self.capabilities = sync.capabilities
         self._loops = LoopClients(connect)
 
     # -- clients, one per event loop (redis_async_loops) --------------------------------
@@ -191,7 +191,7 @@ class AsyncRedisByteStore:
 
     # -- the store's verbs -----------------------------------------------------------------
 
-    async def get(self, key: str) -> tuple[bytes, Any] | None:
+    async def get(self, key: str) -> tuple[bytes, Handle] | None:
         record_key = self._sync._key(key)
         try:
             entry = await self._loops.entry()
@@ -203,7 +203,7 @@ class AsyncRedisByteStore:
             raise unavailable(exc, "read a session") from exc
         if value is None:
             return None
-        return value, None  # the token is the record's version: the engine reads it there
+        return value, None  # no handle: the record's version is the whole token
 
     async def add(
         self,
@@ -214,11 +214,12 @@ class AsyncRedisByteStore:
         user: str | None = None,
         *,
         cap: UserCap | None = None,
-    ) -> Any | None:
+    ) -> Token | None:
         if self._waits_in_thread():
-            return await self._in_thread(
+            added: Token | None = await self._in_thread(
                 self._sync.add, key, value, ttl, version, user, **_cap(cap)
             )
+            return added
         keys = self._sync._keys(key, user)
         signature = bytes(value[-SIGNATURE_TAIL:])
         try:
@@ -254,7 +255,7 @@ class AsyncRedisByteStore:
                 created = await self._holds(entry, keys[0], signature)
         except (RedisError, OSError) as exc:
             raise unavailable(exc, "create a session") from exc
-        return version if created else None
+        return Token(version) if created else None
 
     async def _holds(self, entry: LoopClient, record_key: str, signature: bytes) -> bool:
         """Whether the record stored under ``record_key`` ends with ``signature``."""
@@ -270,20 +271,19 @@ class AsyncRedisByteStore:
         key: str,
         value: memoryview,
         ttl: int,
-        token: Any,
+        token: Token,
         version: int,
         user: str | None = None,
         *,
+        head: bytes,
         cap: UserCap | None = None,
-    ) -> Any | None:
-        if token is None:
-            return None
+    ) -> Token | None:
         if self._waits_in_thread():
-            return await self._in_thread(
-                self._sync.cas, key, value, ttl, token, version, user, **_cap(cap)
+            replaced: Token | None = await self._in_thread(
+                self._sync.cas, key, value, ttl, token, version, user, head=head, **_cap(cap)
             )
+            return replaced
         keys = self._sync._keys(key, user)
-        head = version_head(token)
         capping = self._cap_args(cap, keys)
         try:
             entry = await self._loops.entry()
@@ -306,7 +306,7 @@ class AsyncRedisByteStore:
                 )
         except (RedisError, OSError) as exc:
             raise unavailable(exc, "save a session") from exc
-        return version if outcome == 1 else None
+        return Token(version) if outcome == 1 else None
 
     async def delete(self, key: str) -> bool:
         """Whether this call deleted the record, also when the client re-sent it after a

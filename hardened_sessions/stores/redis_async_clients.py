@@ -124,7 +124,8 @@ def _for_django_redis(cache: Any, alias: str) -> Connect | None:
     sentinel_kwargs = options.get("SENTINEL_KWARGS")
 
     def connect() -> tuple[Any, list[Any]]:
-        manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)
+        # redis-py leaves Sentinel.__init__ unannotated.
+        manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
         pool = SentinelConnectionPool.from_url(
             service_url,
             service_name=parts.hostname,

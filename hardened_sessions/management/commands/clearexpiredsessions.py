@@ -15,13 +15,13 @@ import sys
 import time
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, router
 from django.utils import timezone
 
 from ...backends.db import SessionStore
 from ...backends.db_sweep import LOCK_ID, LOCK_NAME, mysql_lock_name, single_runner
+from ...capabilities import Capability, engine_capabilities
 from ...exceptions import SessionStoreUnavailable
 
 __all__ = ["LOCK_ID", "LOCK_NAME", "Command", "mysql_lock_name", "single_runner"]
@@ -51,8 +51,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="Never show a progress bar.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        engine = settings.SESSION_ENGINE
-        if engine == "hardened_sessions.backends.cache":
+        caps = engine_capabilities()
+        if Capability.CACHE in caps and Capability.ROWS not in caps:
             self.stdout.write(
                 "The session engine is the cache engine: the cache expires sessions by "
                 "itself (each entry's TTL is its record's earliest deadline), so there is "
