@@ -19,7 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import record
-from .admin_rows import row_id
+from .admin_rows import SessionModelAdmin, row_id
 from .conf import get_config
 from .models import HardenedSession
 
@@ -43,7 +43,7 @@ def describe_value(value: Any) -> str:
     return type(value).__name__
 
 
-class SessionColumnsAdmin(admin.ModelAdmin):
+class SessionColumnsAdmin(SessionModelAdmin):
     """The computed columns and fields of a session row."""
 
     @admin.display(description=_("session"), ordering="key_hash")

@@ -26,6 +26,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .admin_rows import SessionModelAdmin
+
 __all__ = ["LookupAllowlistAdmin", "StateFilter", "UserFilter", "refuse_popups"]
 
 
@@ -66,7 +68,7 @@ def refuse_popups(request: HttpRequest) -> None:
         raise DisallowedModelAdminLookup("The sessions admin offers no popups.")
 
 
-class LookupAllowlistAdmin(admin.ModelAdmin):
+class LookupAllowlistAdmin(SessionModelAdmin):
     """Only the admin's own parameters reach a query."""
 
     def offered_lookups(self, request: HttpRequest | None = None) -> frozenset[str]:

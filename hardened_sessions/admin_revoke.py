@@ -24,7 +24,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from .admin_rows import row_id
+from .admin_rows import SessionModelAdmin, row_id
 from .models import HardenedSession
 from .revoke import revoke_sessions
 from .signals import Reason
@@ -32,7 +32,7 @@ from .signals import Reason
 __all__ = ["RevokeActionsAdmin"]
 
 
-class RevokeActionsAdmin(admin.ModelAdmin):
+class RevokeActionsAdmin(SessionModelAdmin):
     """Ending sessions through the engine, logged by row id and reported as they ended."""
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:

@@ -12,7 +12,7 @@ hashes for an action.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
@@ -27,7 +27,21 @@ from django.utils.translation import gettext_lazy as _
 
 from .models import HardenedSession
 
-__all__ = ["ROW_ID_LENGTH", "RowIdAdmin", "RowIdChangeList", "is_row_id", "row_id"]
+__all__ = [
+    "ROW_ID_LENGTH",
+    "RowIdAdmin",
+    "RowIdChangeList",
+    "SessionModelAdmin",
+    "is_row_id",
+    "row_id",
+]
+
+# The base of each part of the sessions admin. ``ModelAdmin`` takes its model as a type
+# argument only in django-stubs: at run time the class is not subscriptable.
+if TYPE_CHECKING:
+    SessionModelAdmin = admin.ModelAdmin[HardenedSession]
+else:
+    SessionModelAdmin = admin.ModelAdmin
 
 # Rows are named in the admin's HTML and URLs by this many hex digits of their key
 # hash, never by the whole hash (64 bits: unambiguous in practice; a name that is
@@ -53,7 +67,7 @@ class RowIdChangeList(ChangeList):
         )
 
 
-class RowIdAdmin(admin.ModelAdmin):
+class RowIdAdmin(SessionModelAdmin):
     """Rows are named by a prefix of their key hash, never the whole hash."""
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
@@ -68,7 +82,7 @@ class RowIdAdmin(admin.ModelAdmin):
         checkbox = forms.CheckboxInput(attrs, lambda value: False)
         return checkbox.render(helpers.ACTION_CHECKBOX_NAME, row_id(obj))
 
-    def _key_hashes(self, queryset: QuerySet[Any], row_ids: list[str]) -> list[str]:
+    def _store_keys(self, queryset: QuerySet[Any], row_ids: list[str]) -> list[str]:
         """The key hashes the row names denote (each must name exactly one row)."""
         found = []
         for rid in dict.fromkeys(r for r in row_ids if is_row_id(r)):
@@ -85,7 +99,7 @@ class RowIdAdmin(admin.ModelAdmin):
         post = request.POST.copy()
         post.setlist(
             helpers.ACTION_CHECKBOX_NAME,
-            self._key_hashes(queryset, post.getlist(helpers.ACTION_CHECKBOX_NAME)),
+            self._store_keys(queryset, post.getlist(helpers.ACTION_CHECKBOX_NAME)),
         )
         request.POST = post  # type: ignore[assignment]
         return super().response_action(request, queryset, *args, **kwargs)

@@ -266,7 +266,9 @@ def apply_to_default_user_admin(site: Any = None) -> bool:
     if not site.is_registered(model) or type(site.get_model_admin(model)) is not UserAdmin:
         return False
 
-    class DefaultUserAdmin(EndSessionsAdminMixin, UserAdmin):
+    # The user model is get_user_model()'s, known only at run time; UserAdmin takes it as
+    # a type argument only in django-stubs (not subscriptable at run time).
+    class DefaultUserAdmin(EndSessionsAdminMixin, UserAdmin):  # type: ignore[type-arg]
         pass
 
     site.unregister(model)

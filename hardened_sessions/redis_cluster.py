@@ -80,7 +80,9 @@ class RedisClusterCache(BaseCache):
                     nodes = []
                     for url in self._seed_nodes:
                         parts = urlsplit(url if "://" in url else f"redis://{url}")
-                        nodes.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
+                        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+                        # redis-py leaves ClusterNode.__init__ unannotated.
+                        nodes.append(ClusterNode(host, port))  # type: ignore[no-untyped-call]
                     self._cluster = RedisCluster(startup_nodes=nodes, **self._cluster_options)
         return self._cluster
 

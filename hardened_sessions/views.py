@@ -11,11 +11,12 @@ importable from here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth import SESSION_KEY as AUTH_SESSION_KEY
+from django.forms import BaseForm
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import resolve_url
 from django.utils.decorators import method_decorator
@@ -47,6 +48,14 @@ __all__ = [
     "SessionListView",
 ]
 
+# Any form that takes ``request`` and ``user`` is a proof (``form_class``). ``FormView``
+# takes its form as a type argument only in django-stubs: at run time the class is not
+# subscriptable.
+if TYPE_CHECKING:
+    _ProofFormView = FormView[BaseForm]
+else:
+    _ProofFormView = FormView
+
 
 # Never framed, as the "your sessions" pages: a framed password form is what a
 # clickjacking page disguises, with or without XFrameOptionsMiddleware.
@@ -54,7 +63,7 @@ __all__ = [
     [sensitive_post_parameters("password"), csrf_protect, never_cache, xframe_options_deny],
     "dispatch",
 )
-class ReauthView(FormView):
+class ReauthView(_ProofFormView):
     form_class: Any = PasswordReauthForm
     template_name = "hardened_sessions/reauth.html"
     redirect_field_name = REDIRECT_FIELD_NAME
@@ -90,7 +99,7 @@ class ReauthView(FormView):
         kwargs.update(request=self.request, user=self.request.user)
         return kwargs
 
-    def form_valid(self, form: Any) -> HttpResponse:
+    def form_valid(self, form: BaseForm) -> HttpResponse:
         # Rotation first: a SessionRotationFailed propagates (the middleware answers 503)
         # and nothing is recorded; the proof is never attached to the key used before it.
         request = self.request

@@ -82,9 +82,9 @@ CONFIRM_TEMPLATE = "hardened_sessions/session_confirm_end.html"
 UNAVAILABLE_TEMPLATE = "hardened_sessions/sessions_unavailable.html"
 
 
-def handle_of(key_hash: str) -> str:
+def handle_of(store_key: str) -> str:
     """The handle of the session stored under ``key_hash``: the admin's row id."""
-    return key_hash[:HANDLE_LENGTH]
+    return store_key[:HANDLE_LENGTH]
 
 
 def _is_handle(value: object) -> bool:
@@ -181,9 +181,9 @@ def end_session(request: HttpRequest, handle: str) -> HttpResponse:
         auth.logout(request)
         _message(request, messages.INFO, _("You ended this browser's session: signed out."))
         return redirect(resolve_url(settings.LOGIN_URL))
-    key_hash = entry.session.key_hash
+    store_key = entry.session.key_hash
     ended = revoke_sessions(
-        [key_hash], reason=Reason.USER, user_ids={key_hash: str(request.user.pk)}
+        [store_key], reason=Reason.USER, user_ids={store_key: str(request.user.pk)}
     )
     if ended:
         _message(request, messages.SUCCESS, _("Session %(handle)s ended.") % {"handle": handle})
