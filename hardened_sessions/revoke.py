@@ -14,15 +14,23 @@ from collections.abc import Iterable, Mapping
 from importlib import import_module
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import router
 from django.utils import timezone
 
 from . import keys, record, timeutil
 from .backends.base import hash_prefix
+from .capabilities import Capability, capabilities_of
 from .signals import Reason, emit, reason_and_description, session_revoked
 
-__all__ = ["revoke_sessions", "revoke_user_sessions", "user_sessions"]
+__all__ = [
+    "arevoke_user_sessions",
+    "auser_sessions",
+    "revoke_sessions",
+    "revoke_user_sessions",
+    "user_sessions",
+]
 
 logger = logging.getLogger("hardened_sessions")
 
@@ -42,9 +50,7 @@ def _store_class() -> Any:
 
 
 def _model_backed(store_class: Any) -> bool:
-    from .backends.db import SessionStore as DBStore
-
-    return isinstance(store_class, type) and issubclass(store_class, DBStore)
+    return Capability.ROWS in capabilities_of(store_class)
 
 
 def _user_pk(user: Any) -> str:
@@ -56,8 +62,10 @@ def _user_pk(user: Any) -> str:
 
 def _indexed_store(store_class: Any) -> Any:
     """The byte store of a cache-engine session store, if it keeps a per-user index."""
+    if Capability.USER_INDEX not in capabilities_of(store_class):
+        raise NotImplementedError(_NO_INDEX)
     store = getattr(store_class(), "_store", None)
-    if store is None or not getattr(store, "supports_user_index", False):
+    if store is None or Capability.USER_INDEX not in store.capabilities:
         raise NotImplementedError(_NO_INDEX)
     return store
 
@@ -74,17 +82,17 @@ def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
     config = get_config()
     live, ended = [], []
     now = timeutil.now()
-    for key_hash, raw in store.user_records(pk):
+    for store_key, raw in store.user_records(pk):
         try:
-            rec = record.decode(raw, key_hash, config.max_bytes) if raw is not None else None
+            rec = record.decode(raw, store_key, config.max_bytes) if raw is not None else None
         except record.CorruptRecord:
             rec = None
         if rec is None or past_deadline(rec, now, config) or rec.user_id != pk:
-            ended.append(key_hash)
+            ended.append(store_key)
             continue
         live.append(
             HardenedSession(
-                key_hash=key_hash,
+                key_hash=store_key,
                 expire_date=timeutil.moment_of(rec.deadline),
                 created=timeutil.moment_of(rec.created),
                 last_activity=timeutil.moment_of(rec.activity),
@@ -96,7 +104,7 @@ def _indexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
     return live, ended
 
 
-def _revoke_all(store_class: Any, key_hashes: list[str]) -> list[bool]:
+def _revoke_all(store_class: Any, store_keys: list[str]) -> list[bool]:
     """Revoke each session through the engine; whether each one was ended by this call.
 
     On the cache engine a revocation is exactly the byte store's delete, so the deletes
@@ -108,15 +116,15 @@ def _revoke_all(store_class: Any, key_hashes: list[str]) -> list[bool]:
     engine = store_class()
     byte_store: Any = getattr(engine, "_store", None)
     if (
-        key_hashes
+        store_keys
         and isinstance(engine, CacheStore)
         and type(engine).revoke is HardenedSessionBase.revoke
         and type(engine)._remove is CacheStore._remove
         and hasattr(byte_store, "delete_many")
     ):
-        deleted: list[bool] = byte_store.delete_many(key_hashes)
+        deleted: list[bool] = byte_store.delete_many(store_keys)
         return deleted
-    return [bool(engine.revoke(key_hash)) for key_hash in key_hashes]
+    return [bool(engine.revoke(store_key)) for store_key in store_keys]
 
 
 def user_sessions(user: Any) -> list[Any]:
@@ -156,14 +164,14 @@ def revoke_sessions(
     users = user_ids or {}
     targets = list(dict.fromkeys(key_hashes))
     ended = 0
-    for key_hash, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
+    for store_key, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
         if was_ended:
             ended += 1
             emit(
                 session_revoked,
                 store_class,
-                key_hash_prefix=hash_prefix(key_hash),
-                user_id=users.get(key_hash),
+                key_hash_prefix=hash_prefix(store_key),
+                user_id=users.get(store_key),
                 reason=reason,
                 description=description,
             )
@@ -193,23 +201,23 @@ def revoke_user_sessions(
         rows = HardenedSession.objects.using(alias).filter(user_id=pk)
         # Expired rows not yet swept go too, but were no live session: not counted.
         expiries = dict(rows.values_list("pk", "expire_date"))
-        key_hashes = list(expiries)
+        store_keys = list(expiries)
         live_hashes = {k for k, expiry in expiries.items() if expiry > now}
         index, ended_meanwhile = None, list[str]()
     else:
         index = _indexed_store(store_class)
         live, ended_meanwhile = _indexed_sessions(index, pk)
-        key_hashes = [session.key_hash for session in live]
-        live_hashes = set(key_hashes)
-    targets = [key_hash for key_hash in key_hashes if key_hash != keep_hash]
+        store_keys = [session.key_hash for session in live]
+        live_hashes = set(store_keys)
+    targets = [store_key for store_key in store_keys if store_key != keep_hash]
     ended = 0
-    for key_hash, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
-        if was_ended and key_hash in live_hashes:
+    for store_key, was_ended in zip(targets, _revoke_all(store_class, targets), strict=True):
+        if was_ended and store_key in live_hashes:
             ended += 1
             emit(
                 session_revoked,
                 store_class,
-                key_hash_prefix=hash_prefix(key_hash),
+                key_hash_prefix=hash_prefix(store_key),
                 user_id=pk,
                 reason=reason,
                 description=description,
@@ -219,6 +227,120 @@ def revoke_user_sessions(
     if ended:
         logger.info("Ended %d session(s) of user %s (%s).", ended, pk, description)
     return ended
+
+
+# --- async twins ----------------------------------------------------------------------
+
+
+class _Fetched:
+    """The records of a user's index, read ahead by the async store, shaped as the sync
+    store answers them (``_indexed_sessions`` then decodes them: no I/O there)."""
+
+    def __init__(self, rows: list[tuple[str, bytes | None]]) -> None:
+        self._rows = rows
+
+    def user_records(self, user: str) -> list[tuple[str, bytes | None]]:
+        return self._rows
+
+
+def _async_index(store_class: Any) -> Any | None:
+    """The native asyncio byte store behind the cache engine (Redis), or ``None`` when
+    the sync helper has to run in a thread: another engine, a subclass that revokes
+    otherwise, or a cache with no native asyncio client. ``NotImplementedError`` where
+    the cache keeps no per-user index, as the sync helpers."""
+    from .backends.base import HardenedSessionBase
+    from .backends.cache import SessionStore as CacheStore
+    from .stores import async_store_for_cache
+
+    caps = capabilities_of(store_class)
+    if Capability.CACHE not in caps or Capability.ROWS in caps:
+        return None
+    if (
+        store_class.revoke is not HardenedSessionBase.revoke
+        or store_class._remove is not CacheStore._remove
+    ):
+        return None
+    _indexed_store(store_class)
+    return async_store_for_cache(settings.SESSION_CACHE_ALIAS)
+
+
+async def _aindexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:
+    rows = [(store_key, raw) async for store_key, raw in store.user_records(pk)]
+    return _indexed_sessions(_Fetched(rows), pk)
+
+
+async def _asend_revoked(
+    store_class: Any, store_keys: list[str], pk: str, reason: Reason, description: str
+) -> None:
+    """``session_revoked`` for each ended session, sent as the sync helper sends it: in
+    a thread (receivers are sync code, they may use the database), and only when
+    someone listens or metrics count it."""
+    from .conf import get_config
+
+    if not store_keys:
+        return
+    if not (get_config().metrics or session_revoked.has_listeners(store_class)):
+        return
+
+    def send() -> None:
+        for store_key in store_keys:
+            emit(
+                session_revoked,
+                store_class,
+                key_hash_prefix=hash_prefix(store_key),
+                user_id=pk,
+                reason=reason,
+                description=description,
+            )
+
+    await sync_to_async(send)()
+
+
+async def auser_sessions(user: Any) -> list[Any]:
+    """:func:`user_sessions` for async code. On the cache engine over Redis it reads the
+    index and the records through ``redis.asyncio`` in the event loop; elsewhere it
+    runs :func:`user_sessions` in a thread."""
+    store_class = _store_class()
+    store = _async_index(store_class)
+    if store is None:
+        return await sync_to_async(user_sessions)(user)
+    pk = _user_pk(user)
+    live, ended = await _aindexed_sessions(store, pk)
+    if ended:
+        await store.forget_members(pk, ended)
+    return sorted(live, key=lambda s: s.last_activity, reverse=True)
+
+
+async def arevoke_user_sessions(
+    user: Any,
+    *,
+    keep: str | None = None,
+    reason: str = Reason.REVOKED,
+    description: str | None = None,
+) -> int:
+    """:func:`revoke_user_sessions` for async code: the same arguments, the same count,
+    the same ``session_revoked`` signals. On the cache engine over Redis the index,
+    the records and the deletes go through ``redis.asyncio`` in the event loop;
+    elsewhere it runs :func:`revoke_user_sessions` in a thread."""
+    store_class = _store_class()
+    store = _async_index(store_class)
+    if store is None:
+        return await sync_to_async(revoke_user_sessions)(
+            user, keep=keep, reason=reason, description=description
+        )
+    reason, description = reason_and_description(reason, description)
+    pk = _user_pk(user)
+    keep_hash = keys.store_key(keep) if keys.is_well_formed(keep) and keep else None
+    live, ended_meanwhile = await _aindexed_sessions(store, pk)
+    targets = [session.key_hash for session in live if session.key_hash != keep_hash]
+    deleted = await store.delete_many(targets) if targets else []
+    ended = [store_key for store_key, was in zip(targets, deleted, strict=True) if was]
+    await _asend_revoked(store_class, ended, pk, reason, description)
+    if ended_meanwhile or targets:
+        await store.forget_members(pk, [*ended_meanwhile, *targets])
+    if ended:
+        logger.info("Ended %d session(s) of user %s (%s).", len(ended), pk, description)
+    return len(ended)
 
 
 def password_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
