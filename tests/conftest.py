@@ -21,10 +21,15 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from tests.routers import SessionsAliasRouter
+from tests.support.routers import SessionsAliasRouter
 
-# Real Redis and memcached servers, and the session caches built on them.
-pytest_plugins = ["tests.servers", "tests.servers_scaleout"]
+# Real Redis and memcached servers, the session caches built on them, and the fault
+# proxy that goes between.
+pytest_plugins = [
+    "tests.support.servers",
+    "tests.support.servers_scaleout",
+    "tests.support.faults",
+]
 
 # Alias -> environment variable that configures it (None: always configured).
 DATABASE_ALIASES: dict[str, str | None] = {

@@ -46,14 +46,15 @@ from django.urls import path
 
 import hardened_sessions
 from hardened_sessions import keys
+from hardened_sessions.capabilities import Capability
 from hardened_sessions.conf import validate
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.signals import session_revoked
 from hardened_sessions.stores import store_for_cache
-from tests import urls_admin
 from tests.conftest import configured_databases, require_server
-from tests.routers import SessionsAliasRouter
-from tests.servers import sessions_cache, variant_cache
+from tests.support import urls_admin
+from tests.support.routers import SessionsAliasRouter
+from tests.support.servers import sessions_cache, variant_cache
 
 DATABASES = configured_databases("default", "postgresql")
 pytestmark = pytest.mark.django_db(transaction=True, databases=DATABASES)
@@ -567,7 +568,7 @@ def _w401() -> list[Any]:
 
 
 def test_check_warns_where_the_engine_cannot_list_sessions(memcached: str) -> None:
-    assert not store_for_cache(memcached).supports_user_index
+    assert Capability.USER_INDEX not in store_for_cache(memcached).capabilities
     (warning,) = _w401()
     assert "memcached" in warning.msg or "cannot list" in warning.msg
     assert "is_active" in warning.msg
@@ -587,7 +588,7 @@ def test_check_warns_on_redis_cluster_and_deactivation_still_works(
     redis_cluster.flush()
     with sessions_cache(cache, SESSION_ENGINE="hardened_sessions.backends.cache"):
         assert len(_w401()) == 1
-        assert not store_for_cache("sessions").supports_user_index
+        assert Capability.USER_INDEX not in store_for_cache("sessions").capabilities
         mine = _logged_in(1)
         user = _reload(alice)
         user.is_active = False
@@ -602,11 +603,11 @@ def test_check_is_quiet_where_the_engine_lists_sessions(store: Store) -> None:
     assert _w401() == []
     if store.cache is not None:
         # The check decides from the configuration; the store agrees.
-        assert store_for_cache(store.cache).supports_user_index
+        assert Capability.USER_INDEX in store_for_cache(store.cache).capabilities
 
 
 def test_check_warns_on_redis_cluster_even_when_it_is_down() -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     cache = {
         "BACKEND": "hardened_sessions.redis_cluster.RedisClusterCache",

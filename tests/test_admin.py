@@ -6,7 +6,7 @@ redacted; it is never editable; its actions revoke the selected sessions, or eve
 session of their users, through the engine (so cached copies go too), leave
 ``LogEntry`` rows and send ``session_revoked``.
 
-Everything runs through the real admin (``admin.site.urls`` in ``tests.urls_admin``)
+Everything runs through the real admin (``admin.site.urls`` in ``tests.support.urls_admin``)
 with Django's test ``Client``, on every database alias. Rows and checkbox values are
 read from the changelist HTML, as a browser would, so the tests hold whatever the
 admin uses to name a row.
@@ -34,7 +34,7 @@ from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.signals import session_revoked
 from hardened_sessions.stores import store_for_cache
-from tests.urls_admin import URLCONF
+from tests.support.urls_admin import URLCONF
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -35,7 +35,7 @@ from django.core.checks import CheckMessage, Tags, run_checks
 from django.db import connections
 from django.test import override_settings
 
-from tests.routers import SessionsAliasRouter
+from tests.support.routers import SessionsAliasRouter
 
 pytestmark = pytest.mark.django_db
 

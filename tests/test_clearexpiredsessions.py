@@ -42,7 +42,7 @@ from hardened_sessions.management.commands.clearexpiredsessions import (
 )
 from hardened_sessions.models import HardenedSession
 from tests.conftest import configured_databases, require_server
-from tests.routers import SessionsAliasRouter
+from tests.support.routers import SessionsAliasRouter
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -5,7 +5,7 @@ Every test of the mixin runs unchanged against:
 * ``hardened_sessions.backends.db`` on the default database (SQLite);
 * ``hardened_sessions.backends.cache`` on each cache configuration of the
   ``session_cache`` fixture (``locmem``, ``django-redis``, ``django-rediscache``,
-  ``pymemcache``: see ``tests/servers.py``);
+  ``pymemcache``: see ``tests/support/servers.py``);
 * ``hardened_sessions.backends.cached_db`` on each of those caches, with the sessions
   table on SQLite and on PostgreSQL.
 
@@ -40,9 +40,9 @@ from django.test import SimpleTestCase, TransactionTestCase
 
 from hardened_sessions.backends.db import SessionStore as DBStore
 from tests.conftest import require_server
-from tests.django_suite import load_mixin
-from tests.routers import SessionsAliasRouter
-from tests.servers import (
+from tests.support.django_suite import load_mixin
+from tests.support.routers import SessionsAliasRouter
+from tests.support.servers import (
     CACHE_VARIANTS,
     RawCache,
     cache_settings,
@@ -335,7 +335,7 @@ def test_runtests_of_the_installed_django_has_the_hooks_used() -> None:
     Django 5.2, 6.0, 6.1): the module-level lists ALWAYS_MIDDLEWARE and
     ALWAYS_INSTALLED_APPS, which setup_collect_tests() assigns to settings, and the
     ``if __name__ == "__main__":`` block, run as is."""
-    from tests.django_suite import tests_dir
+    from tests.support.django_suite import tests_dir
 
     script = tests_dir() / "runtests.py"
     hs_deviations = _django_own("hs_deviations")

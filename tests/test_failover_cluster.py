@@ -53,8 +53,8 @@ from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.stores import KEY_NAMESPACE
-from tests.servers import RUN_TOKEN, Server, ServerSet, sessions_cache
-from tests.servers_scaleout import _binary, _cluster_node_command, wait_for
+from tests.support.servers import RUN_TOKEN, Server, ServerSet, sessions_cache
+from tests.support.servers_scaleout import _binary, _cluster_node_command, wait_for
 from tests.test_failover_sentinel import (
     FULL,
     READS_COMMANDS,

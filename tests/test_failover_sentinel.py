@@ -44,8 +44,9 @@ from django.core.cache import caches
 
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.exceptions import SessionStoreUnavailable
-from tests.servers import LOOPBACK, RUN_TOKEN, FaultProxy, Server, ServerSet, sessions_cache
-from tests.servers_scaleout import _binary, wait_for
+from tests.support.faults import FaultProxy
+from tests.support.servers import LOOPBACK, RUN_TOKEN, Server, ServerSet, sessions_cache
+from tests.support.servers_scaleout import _binary, wait_for
 
 DB = 2
 WORKERS = 4
@@ -514,7 +515,7 @@ def test_a_crashed_or_cut_off_primary_is_replaced_and_errors_are_503s(
             group.primary.kill()
         else:
             assert group.proxy is not None
-            group.proxy.cut()
+            group.proxy.refuse()
         wait_for(
             group.promoted,
             timeout=SWITCH_TIMEOUT,
@@ -573,7 +574,7 @@ def test_a_logout_the_replica_never_got_is_not_acknowledged(
         confirmed.flush()  # acknowledged (with WAIT: held by the replica)
         wait_for(lambda: not replicated(confirmed_key), timeout=10, what="the logout")
         assert group.link is not None
-        group.link.cut()
+        group.link.refuse()
         acknowledged = True
         try:
             lagging.flush()

@@ -2,7 +2,7 @@
 
 gevent turns every thread-local into a greenlet-local: a client kept per thread becomes
 a client per greenlet, one connection per request in flight, however small the pool was
-configured. Each test runs ``tests/gevent_worker.py`` in a subprocess (``patch_all()``
+configured. Each test runs ``tests/support/gevent_worker.py`` in a subprocess (``patch_all()``
 must run before anything else is imported): 200 greenlets, let go at once, each create,
 load, save and load a session. Meanwhile this process counts the worker's TCP
 connections to the server (psutil, from outside the worker, every few milliseconds),
@@ -27,9 +27,9 @@ from django.conf import settings
 from django.db import connections
 
 from tests.conftest import require_server
-from tests.servers import Server, cache_settings, raw_redis
+from tests.support.servers import Server, cache_settings, raw_redis
 
-WORKER = Path(__file__).with_name("gevent_worker.py")
+WORKER = Path(__file__).parent / "support" / "gevent_worker.py"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GREENLETS = 200
 LIMIT = 4

@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
 from hardened_sessions.backends.db import SessionStore
-from tests.views_http import (
+from tests.support.views_http import (
     URLCONF,
     assert_cookie_expired,
     cache_control,

@@ -45,8 +45,8 @@ from hardened_sessions.management.commands.importdjangosessions import (
 )
 from hardened_sessions.models import HardenedSession, ImportedDjangoSession
 from tests.conftest import require_server
-from tests.servers import cache_settings, flush_variant, sessions_cache
-from tests.urls_admin import URLCONF
+from tests.support.servers import cache_settings, flush_variant, sessions_cache
+from tests.support.urls_admin import URLCONF
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -27,8 +27,8 @@ from hardened_sessions.backends.db import SessionStore as DBStore
 from hardened_sessions.exceptions import SessionRotationFailed
 from hardened_sessions.revoke import revoke_sessions, revoke_user_sessions
 from hardened_sessions.signals import Reason
-from tests.clock import clock_at
-from tests.servers import variant_cache
+from tests.support.clock import clock_at
+from tests.support.servers import variant_cache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

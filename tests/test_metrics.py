@@ -27,9 +27,9 @@ from hardened_sessions.backends.db import SessionStore as DBStore
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.revoke import revoke_sessions
 from hardened_sessions.signals import Reason
-from tests.clock import clock_at
 from tests.conftest import require_server
-from tests.servers import Server, cache_settings, sessions_cache
+from tests.support.clock import clock_at
+from tests.support.servers import Server, cache_settings, sessions_cache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -216,7 +216,7 @@ print("prometheus_client" in sys.modules)
 
 
 def request_cycle_imports_prometheus(state: str) -> bool:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.support.settings"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-c", REQUEST_CYCLE, state],

@@ -28,8 +28,8 @@ from django.http import HttpResponseBase
 from django.test import AsyncClient, Client, override_settings
 
 from hardened_sessions.middleware import HardenedSessionMiddleware, current_session
-from tests import engine_custom_stock
-from tests.views_http import URLCONF, session_cookie
+from tests.support import engine_custom_stock
+from tests.support.views_http import URLCONF, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +40,7 @@ STOCK_ENGINES = {
     "signed_cookies": "django.contrib.sessions.backends.signed_cookies",
     "file": "django.contrib.sessions.backends.file",
     "cache": "django.contrib.sessions.backends.cache",
-    "custom": "tests.engine_custom_stock",
+    "custom": "tests.support.engine_custom_stock",
 }
 
 # One visit: what each request does to the session is in the view's name.
@@ -183,7 +183,7 @@ def test_hardened_middleware_over_another_engine_is_w201(name: str) -> None:
         "hardened_sessions.backends.db",
         "hardened_sessions.backends.cache",
         "hardened_sessions.backends.cached_db",
-        "tests.engine_custom_hardened",  # a project's subclass of a hardened engine
+        "tests.support.engine_custom_hardened",  # a project's subclass of a hardened engine
     ],
 )
 def test_hardened_middleware_over_a_hardened_engine_is_no_w201(engine_path: str) -> None:

@@ -5,13 +5,13 @@ sessions; ``hardened_sessions.revoke_user_sessions(user, *, keep=None)`` ends ev
 other one and says how many; on the cache engine they work where a per-user index can
 be kept consistent (Redis, and LocMemCache) and raise ``NotImplementedError`` saying
 why elsewhere (memcached; the cache-engine tests run on each ``session_cache``
-variant of ``tests.servers``). Settings (``conf.DEFAULTS``): ``REVOKE_ON_PASSWORD_CHANGE`` (on by
+variant of ``tests.support.servers``). Settings (``conf.DEFAULTS``): ``REVOKE_ON_PASSWORD_CHANGE`` (on by
 default) ends a user's other sessions server-side when the password changes,
 ``DEVICE_METADATA`` records the client's address and user agent,
 ``MAX_SESSIONS_PER_USER`` ends the oldest sessions beyond the cap at login.
 
 Logins and password changes go through Django's own views (``django.contrib.auth.urls``
-in ``tests.urls_admin``) and the session middleware, on every database alias.
+in ``tests.support.urls_admin``) and the session middleware, on every database alias.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.signals import session_revoked
 from hardened_sessions.stores import store_for_cache
-from tests.urls_admin import URLCONF
+from tests.support.urls_admin import URLCONF
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

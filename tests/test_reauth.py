@@ -6,7 +6,7 @@ in the session data, set at login and by :class:`hardened_sessions.views.ReauthV
 ``REAUTH_MAX_AGE`` to the re-authentication view. The whole flow runs through Django's
 test client and the real middleware on every engine; time moves by patching the
 package's ``time``. The attacks on it are in ``test_threat_reauth_bypass``; the site
-under test is ``tests.reauth_site``.
+under test is ``tests.support.reauth_site``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from django.test import AsyncClient, Client, override_settings
 from hardened_sessions import reauth
 from hardened_sessions.conf import validate
 from hardened_sessions.decorators import reauth_required
-from tests.clock import Clock
-from tests.reauth_site import (
+from tests.support.clock import Clock
+from tests.support.reauth_site import (
     BOB_PASSWORD,
     COOKIE,
     HOME,
@@ -49,7 +49,7 @@ from tests.reauth_site import (
     stored_data,
     stranger,
 )
-from tests.servers import variant_cache
+from tests.support.servers import variant_cache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

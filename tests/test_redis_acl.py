@@ -18,7 +18,7 @@ from django.test import override_settings
 import hardened_sessions
 from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
-from tests.servers import Server, cache_settings, raw_redis, sessions_cache
+from tests.support.servers import Server, cache_settings, raw_redis, sessions_cache
 
 ENGINE = "hardened_sessions.backends.cache"
 USER = "hs-sessions-acl-test"

@@ -18,8 +18,8 @@ from django.test import override_settings
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.conf import validate
 from hardened_sessions.exceptions import SessionStoreUnavailable
-from tests.servers import Server, cache_settings, sessions_cache
-from tests.servers_scaleout import RedisClusterHandle
+from tests.support.servers import Server, cache_settings, sessions_cache
+from tests.support.servers_scaleout import RedisClusterHandle
 
 ENGINE = "hardened_sessions.backends.cache"
 WAIT = {"REDIS_WAIT_REPLICAS": 1, "REDIS_WAIT_TIMEOUT_MS": 50}

@@ -41,7 +41,7 @@ LIST_PARAMS = [
 
 @pytest.fixture(autouse=True)
 def _admin_urls() -> Iterator[None]:
-    from tests.urls_admin import URLCONF
+    from tests.support.urls_admin import URLCONF
 
     with override_settings(ROOT_URLCONF=URLCONF, STATIC_URL="/static/"):
         yield

@@ -18,7 +18,7 @@ from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.keys import store_key
 from hardened_sessions.models import HardenedSession
 from tests.conftest import configured_databases, require_server
-from tests.servers import variant_cache
+from tests.support.servers import variant_cache
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -224,7 +224,7 @@ def test_a_sweep_failing_in_a_callers_transaction_frees_the_runner_lock() -> Non
     from django.test import override_settings
 
     from hardened_sessions.backends.db import single_runner
-    from tests.routers import SessionsAliasRouter
+    from tests.support.routers import SessionsAliasRouter
     from tests.test_threat_db_schema_faults import TRIGGERS
 
     alias = "postgresql"
@@ -292,7 +292,7 @@ def test_a_sweep_whose_runner_lock_cannot_be_taken_is_a_store_failure() -> None:
     from django.db import DatabaseError
     from django.test import override_settings
 
-    from tests.routers import SessionsAliasRouter
+    from tests.support.routers import SessionsAliasRouter
 
     alias = "postgresql"
     if alias not in configured_databases(alias):

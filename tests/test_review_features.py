@@ -80,8 +80,8 @@ def test_deactivating_a_multi_table_child_of_the_user_model_ends_its_sessions() 
 def test_reauth_next_tricks_never_leave_the_site(target: str) -> None:
     from urllib.parse import urlsplit
 
-    from tests.reauth_site import HOME, REAUTH, URLCONF, login, make_user
-    from tests.reauth_site import PASSWORD as RPW
+    from tests.support.reauth_site import HOME, REAUTH, URLCONF, login, make_user
+    from tests.support.reauth_site import PASSWORD as RPW
 
     with override_settings(ROOT_URLCONF=URLCONF, LOGIN_REDIRECT_URL=HOME):
         make_user("alice", RPW)
@@ -96,8 +96,8 @@ def test_reauth_next_tricks_never_leave_the_site(target: str) -> None:
 
 
 def test_head_and_options_to_a_protected_view_do_not_run_it() -> None:
-    from tests.reauth_site import HOME, MAX_AGE, T0, URLCONF, clock_at, login, make_user
-    from tests.reauth_site import PASSWORD as RPW
+    from tests.support.reauth_site import HOME, MAX_AGE, T0, URLCONF, clock_at, login, make_user
+    from tests.support.reauth_site import PASSWORD as RPW
 
     with override_settings(ROOT_URLCONF=URLCONF, LOGIN_REDIRECT_URL=HOME), clock_at(T0) as clock:
         make_user("alice", RPW)
@@ -113,8 +113,8 @@ def test_head_and_options_to_a_protected_view_do_not_run_it() -> None:
 def test_logging_in_as_another_user_on_the_same_browser_starts_a_new_session() -> None:
     """The proof belongs to the session; Django's login() flushes it when the user
     changes, so bob's session never inherits alice's key."""
-    from tests.reauth_site import BOB_PASSWORD, URLCONF, login, make_user
-    from tests.reauth_site import PASSWORD as RPW
+    from tests.support.reauth_site import BOB_PASSWORD, URLCONF, login, make_user
+    from tests.support.reauth_site import PASSWORD as RPW
 
     with override_settings(ROOT_URLCONF=URLCONF):
         make_user("alice", RPW)
@@ -150,8 +150,8 @@ def test_reauth_page_refuses_to_be_framed_without_the_xframe_middleware() -> Non
     """The password form of "confirm it's you" is framed by nobody, as the "your
     sessions" pages: a project without XFrameOptionsMiddleware (the tests' settings have
     none) must not lend it to a clickjacking page that disguises it."""
-    from tests.reauth_site import HOME, REAUTH, URLCONF, login, make_user
-    from tests.reauth_site import PASSWORD as RPW
+    from tests.support.reauth_site import HOME, REAUTH, URLCONF, login, make_user
+    from tests.support.reauth_site import PASSWORD as RPW
 
     assert "django.middleware.clickjacking.XFrameOptionsMiddleware" not in settings.MIDDLEWARE
     with override_settings(ROOT_URLCONF=URLCONF, LOGIN_REDIRECT_URL=HOME):

@@ -27,7 +27,7 @@ from hardened_sessions import keys
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession, ImportedDjangoSession
 from tests.conftest import require_server
-from tests.routers import SessionsAliasRouter
+from tests.support.routers import SessionsAliasRouter
 from tests.test_importdjangosessions import _DDL, MAX_BYTES, TABLE, django_encode
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

@@ -27,7 +27,7 @@ from django.template.response import TemplateResponse
 from django.test import AsyncClient, Client, override_settings
 
 from hardened_sessions.middleware import REASON_TOO_LARGE, HardenedSessionMiddleware
-from tests.views_http import URLCONF, session_cookie, set_cookie_headers
+from tests.support.views_http import URLCONF, session_cookie, set_cookie_headers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

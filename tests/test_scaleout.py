@@ -7,8 +7,8 @@ engine serves Redis Cluster through ``hardened_sessions.redis_cluster.RedisClust
 django-redis's ``SentinelClient``, and memcached pools through ``PyMemcacheCache``'s
 server list. docs/engines.rst, "Cache configurations", gives the settings of each.
 
-Servers are real and started by the fixtures of ``tests.servers_scaleout`` (a
-three-primary cluster, a primary with a sentinel) and ``tests.servers`` (three
+Servers are real and started by the fixtures of ``tests.support.servers_scaleout`` (a
+three-primary cluster, a primary with a sentinel) and ``tests.support.servers`` (three
 memcached processes). Nothing is mocked.
 """
 
@@ -31,11 +31,11 @@ import hardened_sessions
 from hardened_sessions import keys, record
 from hardened_sessions.backends.cache import SessionStore
 from tests.conftest import require_server
-from tests.django_suite import load_mixin
-from tests.servers import (
+from tests.support.django_suite import load_mixin
+from tests.support.faults import FaultProxy
+from tests.support.servers import (
     RUN_TOKEN,
     SESSIONS_ALIAS,
-    FaultProxy,
     RawCache,
     Server,
     cache_settings,
@@ -43,8 +43,8 @@ from tests.servers import (
     memcached_ttl,
     sessions_cache,
 )
-from tests.servers_scaleout import SENTINEL_SERVICE, RedisClusterHandle, SentinelHandle
-from tests.views_http import (
+from tests.support.servers_scaleout import SENTINEL_SERVICE, RedisClusterHandle, SentinelHandle
+from tests.support.views_http import (
     URLCONF,
     assert_cookie_expired,
     clock_shifted,
@@ -739,7 +739,7 @@ def test_a_partitioned_pool_node_that_rejoins_serves_nothing_past_its_deadlines(
         survivors = [v for v in visitors if v.holder is not victim]
         leaving_key = raw.key(keys.store_key(leaving.key))
 
-        away.cut()
+        away.refuse()
         drive = Drive(leaving, survivors)
         first_served = drive.until_declared_dead()
         drive.assert_failed_until_declared_dead()

@@ -47,8 +47,8 @@ from hardened_sessions.backends.db import SessionStore as DBStore
 from hardened_sessions.exceptions import SessionLimitReached
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.signals import Reason, session_rejected, session_revoked
-from tests.servers import variant_cache
-from tests.urls_admin import URLCONF
+from tests.support.servers import variant_cache
+from tests.support.urls_admin import URLCONF
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -365,7 +365,7 @@ def test_a_login_lock_held_past_its_bound_fails_closed(
     from hardened_sessions.cap import mysql_user_lock_name, user_lock_id
     from hardened_sessions.exceptions import SessionStoreUnavailable
     from tests.conftest import require_server
-    from tests.routers import SessionsAliasRouter
+    from tests.support.routers import SessionsAliasRouter
 
     if alias not in settings.DATABASES:
         require_server(alias, f"database alias {alias!r} is not configured")
@@ -451,7 +451,7 @@ def _w402() -> list[Any]:
 def test_w402_says_where_the_cap_is_not_enforced(
     request: pytest.FixtureRequest, variant: str, key_function: str | None, warned: bool
 ) -> None:
-    from tests.servers import cache_settings, servers_for, sessions_cache
+    from tests.support.servers import cache_settings, servers_for, sessions_cache
 
     config = cache_settings(variant, **servers_for(variant, request))
     if key_function:

@@ -32,7 +32,7 @@ from hardened_sessions.signals import (
     session_rotated,
 )
 from hardened_sessions.views_sessions import handle_of
-from tests.urls_admin import urlpatterns as admin_urlpatterns
+from tests.support.urls_admin import urlpatterns as admin_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -30,7 +30,7 @@ from hardened_sessions.views_sessions import (
     AsyncSessionListView,
     handle_of,
 )
-from tests.servers import variant_cache
+from tests.support.servers import variant_cache
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -23,7 +23,7 @@ from django.test import override_settings
 
 from hardened_sessions.conf import get_config
 from hardened_sessions.middleware import HardenedSessionMiddleware
-from tests.routers import SessionsAliasRouter
+from tests.support.routers import SessionsAliasRouter
 
 HARDENED_MIDDLEWARE = "hardened_sessions.middleware.HardenedSessionMiddleware"
 DJANGO_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
@@ -297,7 +297,7 @@ def test_hardened_engine_with_a_subclass_of_the_hardened_middleware_is_no_w001()
 def test_a_projects_subclass_of_a_hardened_engine_without_the_middleware_is_w001() -> None:
     # Told by the engine's class, not by its module path.
     with override_settings(
-        SESSION_ENGINE="tests.engine_custom_hardened",
+        SESSION_ENGINE="tests.support.engine_custom_hardened",
         MIDDLEWARE=_with_middleware(DJANGO_MIDDLEWARE),
     ):
         assert "hardened_sessions.W001" in ours()

@@ -67,10 +67,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from hardened_sessions import keys
 from hardened_sessions.exceptions import SessionRotationFailed, SessionStoreUnavailable
-from tests.clock import clock_at
 from tests.conftest import require_server
-from tests.routers import SessionsAliasRouter
-from tests.servers import variant_cache
+from tests.support.clock import clock_at
+from tests.support.routers import SessionsAliasRouter
+from tests.support.servers import variant_cache
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -19,7 +19,8 @@ from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.stores import store_for_cache
 from hardened_sessions.stores.redis_send import checkout  # redis-py 4 and 8 alike
-from tests.servers import Server, cache_settings, sessions_cache
+from tests.support.faults import FaultProxy
+from tests.support.servers import Server, cache_settings, sessions_cache
 
 CACHE_ENGINE = "hardened_sessions.backends.cache"
 
@@ -288,52 +289,7 @@ def test_memcached_clients_are_per_thread_unless_pooled(
         assert (seen[0] is mine) is pooled
 
 
-class BlackHole:
-    """A server that accepts connections and reads, but never answers (a hung memcached):
-    a command sent to it holds its client until the client's timeout."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.received = threading.Event()
-        self.accepted: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        import threading
-
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
-
-    def _swallow(self, conn: socket.socket) -> None:
-        try:
-            while conn.recv(4096):
-                self.received.set()
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        from contextlib import suppress
-
-        with suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
-        self.listener.close()
-        for conn in self.accepted:
-            with suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-        self.thread.join(5)
-
-
-def _hold_the_pool(load: Any, hole: BlackHole) -> tuple[Any, list[BaseException]]:
+def _hold_the_pool(load: Any, hole: FaultProxy) -> tuple[Any, list[BaseException]]:
     """A thread whose command hangs on ``hole``, holding the only pooled client."""
     import threading
 
@@ -358,7 +314,7 @@ def test_an_exhausted_memcached_pool_answers_503_not_500(monkeypatch: pytest.Mon
     from hardened_sessions.stores import memcached
 
     monkeypatch.setattr(memcached, "POOL_WAIT", 0.2)
-    hole = BlackHole()
+    hole = FaultProxy(None)  # accepts and reads, never answers (a hung memcached)
     config = {
         "BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache",
         "LOCATION": hole.address,
@@ -386,7 +342,7 @@ def test_pymemcaches_pool_exhaustion_is_a_store_failure() -> None:
 
     from hardened_sessions.stores.memcached import MemcachedByteStore
 
-    hole = BlackHole()
+    hole = FaultProxy(None)  # accepts and reads, never answers (a hung memcached)
     host, port = hole.address.split(":")
     pooled = PooledClient((host, int(port)), max_pool_size=1, timeout=30)
     # No max_pool_size given to the store: nothing keeps its threads from the pool's limit.

@@ -22,17 +22,19 @@ from django.core.cache import caches
 from django.test import override_settings
 
 from hardened_sessions.backends.cache import SessionStore
-from hardened_sessions.record import version_head
+from hardened_sessions.record import peek_version, version_head
 from hardened_sessions.stores import store_for_cache
 from hardened_sessions.stores.locmem import LocMemByteStore
-from tests.servers import LOCMEM_DEFAULT, cache_settings, sessions_cache
+from hardened_sessions.stores.token import Token
+from tests.support.servers import LOCMEM_DEFAULT, cache_settings, sessions_cache
 
 THREADS = 8
 INCREMENTS = 300
 
 
 def rec(version: int, body: bytes = b"{}") -> memoryview:
-    """Bytes that start as a record of ``version`` does (the store's CAS token)."""
+    """Bytes that start as a record of ``version`` does (what ``cas`` compares with the
+    ``head`` it is handed)."""
     return memoryview(version_head(version) + body)
 
 
@@ -61,22 +63,22 @@ def test_add_creates_only_and_cas_replaces_only_the_version_it_read(
     locmem: LocMemByteStore,
 ) -> None:
     assert locmem.get(key(1)) is None
-    assert locmem.add(key(1), rec(1, b"first"), 60, 1) == 1
+    assert locmem.add(key(1), rec(1, b"first"), 60, 1) == Token(1)
     assert locmem.add(key(1), rec(1, b"again"), 60, 1) is None  # taken
-    value, token = locmem.get(key(1))  # type: ignore[misc]
-    assert (value, token) == (version_head(1) + b"first", 1)
+    # No handle: the version the engine reads from the verified record is the token.
+    assert locmem.get(key(1)) == (version_head(1) + b"first", None)
 
-    assert locmem.cas(key(1), rec(2, b"second"), 60, token, 2) == 2
-    assert locmem.cas(key(1), rec(2, b"stale"), 60, token, 2) is None  # it changed
-    assert locmem.cas(key(1), rec(3, b"none"), 60, None, 3) is None
-    assert locmem.get(key(1)) == (version_head(2) + b"second", 2)
+    assert locmem.cas(key(1), rec(2, b"second"), 60, Token(1), 2, head=version_head(1)) == Token(2)
+    stale = locmem.cas(key(1), rec(2, b"stale"), 60, Token(1), 2, head=version_head(1))
+    assert stale is None  # it changed
+    assert locmem.get(key(1)) == (version_head(2) + b"second", None)
 
 
 def test_a_cas_after_a_delete_never_recreates_the_record(locmem: LocMemByteStore) -> None:
     locmem.add(key(1), rec(1), 60, 1)
     assert locmem.delete(key(1)) is True
     assert locmem.delete(key(1)) is False  # only the call that deleted says so
-    assert locmem.cas(key(1), rec(2), 60, 1, 2) is None
+    assert locmem.cas(key(1), rec(2), 60, Token(1), 2, head=version_head(1)) is None
     assert locmem.get(key(1)) is None
 
 
@@ -88,9 +90,9 @@ def test_records_expire_with_their_ttl(locmem: LocMemByteStore) -> None:
     time.sleep(1.1)
     assert locmem.get(key(1)) is None
     assert locmem.delete(key(1)) is False  # an expired record is not "deleted" now
-    assert locmem.cas(key(1), rec(2), 60, 1, 2) is None
+    assert locmem.cas(key(1), rec(2), 60, Token(1), 2, head=version_head(1)) is None
     assert locmem.user_members("7") == [key(2)]
-    assert locmem.add(key(1), rec(5), 60, 5) == 5  # the key is free again
+    assert locmem.add(key(1), rec(5), 60, 5) == Token(5)  # the key is free again
 
 
 def test_records_live_outside_the_cache_and_nothing_is_unpickled(
@@ -120,7 +122,7 @@ def test_max_entries_bounds_the_store_expired_records_going_first(
         locmem.add(key(n), rec(1), 60, 1)
     time.sleep(1.1)
     with caplog.at_level(logging.WARNING, logger="hardened_sessions"):
-        assert locmem.add(key(10), rec(1), 60, 1) == 1
+        assert locmem.add(key(10), rec(1), 60, 1) == Token(1)
     assert len(locmem.raw_keys()) == 7  # the four expired ones made room
     assert not caplog.records
 
@@ -129,7 +131,7 @@ def test_max_entries_bounds_the_store_expired_records_going_first(
     assert len(locmem.raw_keys()) == 10
     assert locmem.get(key(4)) is not None  # the oldest, now the most recently used
     with caplog.at_level(logging.WARNING, logger="hardened_sessions"):
-        assert locmem.add(key(14), rec(1), 60, 1) == 1
+        assert locmem.add(key(14), rec(1), 60, 1) == Token(1)
     # Full of live sessions: the 10 // 2 least recently used ones ended, and it says so.
     survivors = {k.rsplit(":", 1)[1] for k in locmem.raw_keys()}
     assert survivors == {key(n) for n in (4, 10, 11, 12, 13, 14)}
@@ -156,7 +158,7 @@ def test_a_full_store_never_evicts_on_a_save_of_an_existing_session(
     for n in range(3):
         locmem.add(key(n), rec(1), 60, 1)
     for n in range(3):
-        assert locmem.cas(key(n), rec(2), 60, 1, 2) == 2
+        assert locmem.cas(key(n), rec(2), 60, Token(1), 2, head=version_head(1)) == Token(2)
     assert len(locmem.raw_keys()) == 3
 
 
@@ -175,8 +177,15 @@ def test_threads_cas_incrementing_one_record_never_lose_an_increment(
             while done < INCREMENTS:
                 found = locmem.get(key(1))
                 assert found is not None
-                value, token = found
-                if locmem.cas(key(1), rec(token + 1), 60, token, token + 1) is None:
+                value, handle = found
+                assert handle is None
+                version = peek_version(value)  # the engine's part: the store never parses
+                assert version is not None
+                written = locmem.cas(
+                    key(1), rec(version + 1), 60, Token(version), version + 1,
+                    head=version_head(version),
+                )  # fmt: skip
+                if written is None:
                     conflicts[0] += 1
                     continue
                 done += 1
@@ -194,7 +203,7 @@ def test_threads_cas_incrementing_one_record_never_lose_an_increment(
     finally:
         sys.setswitchinterval(interval)
     assert not errors, errors[:3]
-    assert locmem.get(key(1)) == (version_head(THREADS * INCREMENTS) + b"{}", THREADS * INCREMENTS)
+    assert locmem.get(key(1)) == (version_head(THREADS * INCREMENTS) + b"{}", None)
 
 
 def test_the_per_user_index_follows_every_write_and_delete(locmem: LocMemByteStore) -> None:
@@ -208,8 +217,12 @@ def test_the_per_user_index_follows_every_write_and_delete(locmem: LocMemByteSto
     ]
     assert locmem.user_members("bob") == [key(3)]
 
-    locmem.cas(key(2), rec(2, b"out"), 60, 1, 2, user=None)  # logged out, kept data
-    locmem.cas(key(4), rec(2, b"in"), 60, 1, 2, user="bob")  # logged in
+    locmem.cas(
+        key(2), rec(2, b"out"), 60, Token(1), 2, head=version_head(1), user=None
+    )  # logged out, kept data
+    locmem.cas(
+        key(4), rec(2, b"in"), 60, Token(1), 2, head=version_head(1), user="bob"
+    )  # logged in
     assert locmem.user_members("alice") == [key(1)]
     assert locmem.user_members("bob") == [key(3), key(4)]
 
@@ -271,10 +284,10 @@ def test_aliases_keep_their_records_apart() -> None:
         for alias in "abc":
             caches[alias].clear()
         a, b, c = (store_for_cache(alias) for alias in "abc")
-        assert a.add(key(1), rec(1, b"a"), 60, 1, user="7") == 1
+        assert a.add(key(1), rec(1, b"a"), 60, 1, user="7") == Token(1)
         assert b.get(key(1)) is None and c.get(key(1)) is None
-        assert b.add(key(1), rec(1, b"b"), 60, 1) == 1
-        assert a.get(key(1)) == (version_head(1) + b"a", 1)
+        assert b.add(key(1), rec(1, b"b"), 60, 1) == Token(1)
+        assert a.get(key(1)) == (version_head(1) + b"a", None)
         assert b.user_records("7") == []  # type: ignore[attr-defined]
         assert b.delete(key(1)) is True
         assert a.get(key(1)) is not None
@@ -284,7 +297,7 @@ def test_aliases_keep_their_records_apart() -> None:
 
     # The records stay in the process across settings changes, as the cache's own do.
     with override_settings(CACHES={"default": dict(LOCMEM_DEFAULT), "a": config}):
-        assert store_for_cache("a").add(key(2), rec(1), 60, 1) == 1
+        assert store_for_cache("a").add(key(2), rec(1), 60, 1) == Token(1)
     with override_settings(CACHES={"default": dict(LOCMEM_DEFAULT), "a": config}):
         assert store_for_cache("a").get(key(2)) is not None
 

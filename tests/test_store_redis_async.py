@@ -4,7 +4,7 @@
 server (keys, scripts, staging keys, tombstones, the per-user sorted set), so the two
 are checked against each other here: what one writes, the other reads byte for byte,
 and each one's compare-and-set accepts the other's versions and refuses stale ones. On
-the real servers of the suite (``tests.servers``, ``tests.servers_scaleout``), through
+the real servers of the suite (``tests.support.servers``, ``tests.support.servers_scaleout``), through
 django-redis and through Django's own ``RedisCache``, each with the ``KEY_PREFIX`` and
 ``VERSION`` of its ``session_cache`` variant; nothing is mocked.
 
@@ -26,6 +26,7 @@ import redis
 from django.core.cache import caches
 from django.test import override_settings
 
+from hardened_sessions.capabilities import Capability
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.record import version_head
 from hardened_sessions.stores import store_for_cache
@@ -35,7 +36,8 @@ from hardened_sessions.stores.redis_async import (
     async_store_for,
     native_async_supported,
 )
-from tests.servers import (
+from hardened_sessions.stores.token import Token
+from tests.support.servers import (
     RUN_TOKEN,
     Server,
     ServerSet,
@@ -44,7 +46,7 @@ from tests.servers import (
     sessions_cache,
     variant_cache,
 )
-from tests.servers_scaleout import SENTINEL_SERVICE, RedisClusterHandle, SentinelHandle
+from tests.support.servers_scaleout import SENTINEL_SERVICE, RedisClusterHandle, SentinelHandle
 
 T = TypeVar("T")
 
@@ -111,16 +113,19 @@ def test_what_the_async_store_writes_the_sync_store_reads(alias: str, redis_serv
 
     async def scenario() -> None:
         assert await twin.get(key) is None
-        assert await twin.add(key, first, TTL, 1) == 1
+        assert await twin.add(key, first, TTL, 1) == Token(1)
         assert await twin.add(key, record(1), TTL, 1) is None  # taken
         assert sync.get(key) == (bytes(first), None)
         # Under the cache's KEY_PREFIX and VERSION, as the sync store names it.
         assert raw_keys(redis_server, full_key(alias, key)) == [full_key(alias, key)]
-        assert await twin.cas(key, second, TTL, 1, 2) == 2
+        assert await twin.cas(key, second, TTL, Token(1), 2, head=version_head(1)) == Token(2)
         assert sync.get(key) == (bytes(second), None)
-        assert await twin.cas(key, third, TTL, 1, 3) is None  # stale: version 2 is stored
+        assert (
+            await twin.cas(key, third, TTL, Token(1), 3, head=version_head(1)) is None
+        )  # stale: version 2 is stored
         assert sync.get(key) == (bytes(second), None)
-        assert sync.cas(key, third, TTL, 2, 3) == 3  # the sync store takes it from there
+        # The sync store takes it from there.
+        assert sync.cas(key, third, TTL, Token(2), 3, head=version_head(2)) == Token(3)
         assert await twin.get(key) == (bytes(third), None)
         # No staging key is left behind by the saves.
         assert raw_keys(redis_server, full_key(alias, key) + ":next:*") == []
@@ -130,7 +135,7 @@ def test_what_the_async_store_writes_the_sync_store_reads(alias: str, redis_serv
         # The delete's tombstone, as the sync store writes it.
         assert len(raw_keys(redis_server, full_key(alias, key) + ":gone:*")) == 1
         # A late save never recreates a deleted session.
-        assert await twin.cas(key, record(4), TTL, 3, 4) is None
+        assert await twin.cas(key, record(4), TTL, Token(3), 4, head=version_head(3)) is None
         assert sync.get(key) is None
 
     run(scenario())
@@ -142,15 +147,17 @@ def test_what_the_sync_store_writes_the_async_store_reads(alias: str) -> None:
     first, second = record(7), record(8)
 
     async def scenario() -> None:
-        assert sync.add(key, first, TTL, 7) == 7
+        assert sync.add(key, first, TTL, 7) == Token(7)
         assert await twin.get(key) == (bytes(first), None)
-        assert await twin.cas(key, second, TTL, 7, 8) == 8
+        assert await twin.cas(key, second, TTL, Token(7), 8, head=version_head(7)) == Token(8)
         assert sync.get(key) == (bytes(second), None)
-        assert sync.cas(key, record(9), TTL, 7, 9) is None  # stale for the sync store too
+        assert (
+            sync.cas(key, record(9), TTL, Token(7), 9, head=version_head(7)) is None
+        )  # stale for the sync store too
         assert sync.delete(key) is True
         assert await twin.delete(key) is False
         assert await twin.get(key) is None
-        assert await twin.cas(key, record(9), TTL, 8, 9) is None
+        assert await twin.cas(key, record(9), TTL, Token(8), 9, head=version_head(8)) is None
 
     run(scenario())
 
@@ -161,7 +168,7 @@ def test_the_record_ttl_is_the_one_asked_for(alias: str, redis_server: Server) -
 
     async def scenario() -> None:
         await twin.add(key, record(1), 100, 1)
-        await twin.cas(key, record(2), 200, 1, 2)
+        await twin.cas(key, record(2), 200, Token(1), 2, head=version_head(1))
 
     run(scenario())
     client = raw_redis(redis_server)
@@ -179,8 +186,8 @@ def test_a_create_whose_record_is_its_own_counts_as_created(alias: str) -> None:
     mine = record(1)
 
     async def scenario() -> None:
-        assert sync.add(key, mine, TTL, 1) == 1
-        assert await twin.add(key, mine, TTL, 1) == 1  # the same bytes: its own signature
+        assert sync.add(key, mine, TTL, 1) == Token(1)
+        assert await twin.add(key, mine, TTL, 1) == Token(1)  # the same bytes: its own signature
         assert await twin.add(key, record(1), TTL, 1) is None
 
     run(scenario())
@@ -191,15 +198,17 @@ def test_a_create_whose_record_is_its_own_counts_as_created(alias: str) -> None:
 
 def test_the_per_user_index_is_shared(alias: str) -> None:
     sync, twin = stores(alias)
-    assert twin.supports_user_index
+    assert Capability.USER_INDEX in twin.capabilities
     user = f"u{secrets.token_hex(4)}"
     a, b, c = new_key(), new_key(), new_key()
 
     async def scenario() -> None:
-        assert await twin.add(a, record(1, "a"), TTL, 1, user) == 1
-        assert sync.add(b, record(1, "b"), TTL, 1, user) == 1
-        assert await twin.add(c, record(1, "c"), TTL, 1, user) == 1
-        assert await twin.cas(c, record(2, "c"), TTL, 1, 2, user) == 2
+        assert await twin.add(a, record(1, "a"), TTL, 1, user) == Token(1)
+        assert sync.add(b, record(1, "b"), TTL, 1, user) == Token(1)
+        assert await twin.add(c, record(1, "c"), TTL, 1, user) == Token(1)
+        assert await twin.cas(
+            c, record(2, "c"), TTL, Token(1), 2, user, head=version_head(1)
+        ) == Token(2)
         assert sorted(sync.user_members(user)) == sorted([a, b, c])
         assert sorted(await twin.user_members(user)) == sorted([a, b, c])
         found = {key: value async for key, value in twin.user_records(user)}
@@ -221,7 +230,7 @@ def test_the_previous_releases_index_is_read_and_moved(alias: str, redis_server:
     sync, twin = stores(alias)
     user = f"u{secrets.token_hex(4)}"
     live, gone = new_key(), new_key()
-    assert sync.add(live, record(1), TTL, 1) == 1
+    assert sync.add(live, record(1), TTL, 1) == Token(1)
     legacy = str(caches[alias].make_key("hardened_sessions:user:" + user))
     client = raw_redis(redis_server)
     try:
@@ -241,7 +250,7 @@ def test_replication_wait_applies_to_writes_only(alias: str) -> None:
     Redis has none), on the same connection as the write; reads never wait."""
     sync, twin = stores(alias)
     key = new_key()
-    assert sync.add(key, record(1), TTL, 1) == 1
+    assert sync.add(key, record(1), TTL, 1) == Token(1)
 
     async def scenario() -> None:
         with override_settings(
@@ -251,14 +260,14 @@ def test_replication_wait_applies_to_writes_only(alias: str) -> None:
             with pytest.raises(SessionStoreUnavailable):
                 await twin.add(new_key(), record(1), TTL, 1)
             with pytest.raises(SessionStoreUnavailable):
-                await twin.cas(key, record(2), TTL, 1, 2)
+                await twin.cas(key, record(2), TTL, Token(1), 2, head=version_head(1))
             with pytest.raises(SessionStoreUnavailable):
                 await twin.delete(key)
         with override_settings(HARDENED_SESSIONS={"REDIS_WAIT_REPLICAS": 0}):
             # The connections went back clean: every command gets its own reply.
             for _ in range(3):
                 assert await twin.get(key) is None
-                assert await twin.add(key, record(5), TTL, 5) == 5
+                assert await twin.add(key, record(5), TTL, 5) == Token(5)
                 assert await twin.delete(key) is True
 
     run(scenario())
@@ -336,7 +345,7 @@ def test_event_loops_in_several_threads_at_once(
             clients.append(await twin.client())
             for i in range(20):
                 key, value = new_key(), record(1, f"{n}-{i}")
-                assert await twin.add(key, value, TTL, 1) == 1
+                assert await twin.add(key, value, TTL, 1) == Token(1)
                 assert await twin.get(key) == (bytes(value), None)
                 assert sync.get(key) == (bytes(value), None)
                 assert await twin.delete(key) is True
@@ -506,12 +515,12 @@ def test_a_stopped_server_is_session_store_unavailable(variant: str, server_set:
         key = new_key()
 
         async def scenario() -> None:
-            assert await twin.add(key, record(1), TTL, 1) == 1  # a pooled connection
+            assert await twin.add(key, record(1), TTL, 1) == Token(1)  # a pooled connection
             server.stop()
             calls: list[Callable[[], Coroutine[Any, Any, Any]]] = [
                 lambda: twin.get(key),
                 lambda: twin.add(new_key(), record(1), TTL, 1),
-                lambda: twin.cas(key, record(2), TTL, 1, 2),
+                lambda: twin.cas(key, record(2), TTL, Token(1), 2, head=version_head(1)),
                 lambda: twin.delete(key),
                 lambda: twin.user_members("1"),
                 lambda: twin.forget_members("1", [key]),
@@ -534,11 +543,13 @@ def _round_trip(alias: str) -> None:
     key, user = new_key(), "42"
 
     async def scenario() -> None:
-        assert await twin.add(key, record(1), TTL, 1, user) == 1
+        assert await twin.add(key, record(1), TTL, 1, user) == Token(1)
         assert sync.get(key) is not None
-        assert await twin.cas(key, record(2), TTL, 1, 2, user) == 2
-        assert await twin.cas(key, record(3), TTL, 1, 3, user) is None
-        assert sync.cas(key, record(3), TTL, 2, 3, user) == 3
+        assert await twin.cas(
+            key, record(2), TTL, Token(1), 2, user, head=version_head(1)
+        ) == Token(2)
+        assert await twin.cas(key, record(3), TTL, Token(1), 3, user, head=version_head(1)) is None
+        assert sync.cas(key, record(3), TTL, Token(2), 3, user, head=version_head(2)) == Token(3)
         assert await twin.get(key) == sync.get(key)
         assert await twin.delete(key) is True
         assert sync.get(key) is None
@@ -593,7 +604,7 @@ def test_on_redis_cluster(redis_cluster: RedisClusterHandle) -> None:
         with sessions_cache(config) as alias:
             try:
                 sync, twin = stores(alias)
-                assert not twin.supports_user_index
+                assert Capability.USER_INDEX not in twin.capabilities
                 for _ in range(6):  # keys in several slots
                     _round_trip(alias)
                 with (
@@ -620,9 +631,11 @@ def test_scripts_flushed_from_the_server_are_loaded_again(alias: str, redis_serv
         flush = raw_redis(redis_server)
         try:
             flush.script_flush()
-            assert await twin.add(key, record(1), TTL, 1, user) == 1
+            assert await twin.add(key, record(1), TTL, 1, user) == Token(1)
             flush.script_flush()
-            assert await twin.cas(key, record(2), TTL, 1, 2, user) == 2
+            assert await twin.cas(
+                key, record(2), TTL, Token(1), 2, user, head=version_head(1)
+            ) == Token(2)
             flush.script_flush()
             assert await twin.delete_many([key, new_key()]) == [True, False]
         finally:
@@ -648,7 +661,7 @@ def test_the_caches_key_function_names_the_keys(variant: str, redis_server: Serv
         name = key_function("hardened_sessions:" + key, config["KEY_PREFIX"], config["VERSION"])
 
         async def scenario() -> None:
-            assert await twin.add(key, record(1), TTL, 1, user) == 1
+            assert await twin.add(key, record(1), TTL, 1, user) == Token(1)
             assert raw_keys(redis_server, name) == [name]
             assert sync.get(key) is not None
             assert await twin.user_members(user) == [key]
@@ -665,7 +678,7 @@ def test_cancelled_operations_never_hand_their_replies_to_the_next_one(alias: st
     sync, twin = stores(alias)
     records = {new_key(): record(1, secrets.token_hex(2000)) for _ in range(30)}
     for key, value in records.items():
-        assert sync.add(key, value, TTL, 1) == 1
+        assert sync.add(key, value, TTL, 1) == Token(1)
 
     async def scenario() -> None:
         for delay in (0, 0, 0.0005, 0.001, 0.002):
@@ -693,9 +706,9 @@ def test_commands_resent_after_a_lost_reply_answer_as_the_sync_stores_do(
     and answers "deleted"."""
     if not native_async_supported():
         pytest.skip("this redis-py has no asyncio client the store accepts")
-    from tests.redis_reply_proxy import ReplyLosingProxy
+    from tests.support.faults import FaultProxy
 
-    proxy = ReplyLosingProxy(redis_server)
+    proxy = FaultProxy(redis_server)
     if variant == "django-redis":
         options: dict[str, Any] = {
             "SOCKET_TIMEOUT": 0.3,
@@ -704,22 +717,28 @@ def test_commands_resent_after_a_lost_reply_answer_as_the_sync_stores_do(
     else:
         options = {"socket_timeout": 0.3, "retry_on_timeout": True}
     try:
-        with sessions_cache(cache_settings(variant, redis=proxy.server, options=options)) as alias:
+        with sessions_cache(
+            cache_settings(variant, redis=proxy.as_server(), options=options)
+        ) as alias:
             sync, twin = stores(alias)
             user = f"u{secrets.token_hex(4)}"
 
             async def scenario() -> None:
                 warm = new_key()  # every script loaded: a lost reply is a command's that ran
-                assert await twin.add(warm, record(1), TTL, 1, user) == 1
-                assert await twin.cas(warm, record(2), TTL, 1, 2, user) == 2
+                assert await twin.add(warm, record(1), TTL, 1, user) == Token(1)
+                assert await twin.cas(
+                    warm, record(2), TTL, Token(1), 2, user, head=version_head(1)
+                ) == Token(2)
                 assert await twin.delete(warm) is True
                 key = new_key()
                 proxy.lose_reply_to(b"lost-create")
-                assert await twin.add(key, record(1, "lost-create"), TTL, 1, user) == 1
+                assert await twin.add(key, record(1, "lost-create"), TTL, 1, user) == Token(1)
                 assert proxy.lost == 1
                 saved = record(2, "lost-save")
                 proxy.lose_reply_to(b"lost-save")
-                assert await twin.cas(key, saved, TTL, 1, 2, user) is None
+                assert (
+                    await twin.cas(key, saved, TTL, Token(1), 2, user, head=version_head(1)) is None
+                )
                 assert proxy.lost == 2
                 assert sync.get(key) == (bytes(saved), None)
                 proxy.lose_reply_to(b":gone:")
@@ -742,11 +761,11 @@ def test_one_round_trip_per_operation(variant: str, redis_server: Server) -> Non
     ``WAIT`` in that same write), as the sync store does; a relay counts the writes."""
     if not native_async_supported():
         pytest.skip("this redis-py has no asyncio client the store accepts")
-    from tests.redis_reply_proxy import ReplyLosingProxy
+    from tests.support.faults import FaultProxy
 
-    proxy = ReplyLosingProxy(redis_server)
+    proxy = FaultProxy(redis_server)
     try:
-        with sessions_cache(cache_settings(variant, redis=proxy.server)) as alias:
+        with sessions_cache(cache_settings(variant, redis=proxy.as_server())) as alias:
             _, twin = stores(alias)
             user = f"u{secrets.token_hex(4)}"
 
@@ -760,17 +779,27 @@ def test_one_round_trip_per_operation(variant: str, redis_server: Server) -> Non
             async def scenario() -> None:
                 warm = new_key()  # a connection in the pool, every script loaded
                 await twin.add(warm, record(1), TTL, 1, user)
-                await twin.cas(warm, record(2), TTL, 1, 2, user)
+                await twin.cas(warm, record(2), TTL, Token(1), 2, user, head=version_head(1))
                 await twin.delete(warm)
                 key = new_key()
                 assert await writes(twin.add(key, record(1), TTL, 1, user)) == 1
                 assert await writes(twin.get(key)) == 1
-                assert await writes(twin.cas(key, record(2), TTL, 1, 2, user)) == 1
+                assert (
+                    await writes(
+                        twin.cas(key, record(2), TTL, Token(1), 2, user, head=version_head(1))
+                    )
+                    == 1
+                )
                 saved = record(3)
                 with override_settings(
                     HARDENED_SESSIONS={"REDIS_WAIT_REPLICAS": 1, "REDIS_WAIT_TIMEOUT_MS": 20}
                 ):
-                    assert await writes(twin.cas(key, saved, TTL, 2, 3, user)) == 1
+                    assert (
+                        await writes(
+                            twin.cas(key, saved, TTL, Token(2), 3, user, head=version_head(2))
+                        )
+                        == 1
+                    )
                     assert await twin.get(key) == (bytes(saved), None)  # the save did run
                 assert await writes(twin.delete(key)) == 1
 
@@ -791,10 +820,10 @@ def test_the_per_user_cap_is_enforced_as_in_the_sync_store(alias: str) -> None:
     first, second, third, fourth = (new_key() for _ in range(4))
 
     async def scenario() -> None:
-        assert sync.add(first, record(1), TTL, 1, user) == 1
-        assert await twin.add(second, record(1), TTL, 1, user) == 1
+        assert sync.add(first, record(1), TTL, 1, user) == Token(1)
+        assert await twin.add(second, record(1), TTL, 1, user) == Token(1)
         cap = UserCap(user=user, limit=2)
-        assert await twin.add(third, record(1), TTL, 1, user, cap=cap) == 1
+        assert await twin.add(third, record(1), TTL, 1, user, cap=cap) == Token(1)
         assert len(cap.ended) == 1 and cap.ended[0] in (first, second)
         assert sync.get(cap.ended[0]) is None
         assert len(sync.user_members(user)) == 2
@@ -803,9 +832,11 @@ def test_the_per_user_cap_is_enforced_as_in_the_sync_store(alias: str) -> None:
             await twin.add(fourth, record(1), TTL, 1, user, cap=refused)
         assert sync.get(fourth) is None
         # A save that gives an anonymous session its user (a login without rotation).
-        assert await twin.add(fourth, record(1), TTL, 1) == 1
+        assert await twin.add(fourth, record(1), TTL, 1) == Token(1)
         cap = UserCap(user=user, limit=1)
-        assert await twin.cas(fourth, record(2), TTL, 1, 2, user, cap=cap) == 2
+        assert await twin.cas(
+            fourth, record(2), TTL, Token(1), 2, user, head=version_head(1), cap=cap
+        ) == Token(2)
         assert len(cap.ended) == 2
         assert await twin.user_members(user) == [fourth]
 

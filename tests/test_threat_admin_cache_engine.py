@@ -13,7 +13,7 @@ not listed, and the page says so); where the cache cannot list them (memcached) 
 and no rows; never rows of another engine. A revoke reports what really happened: how
 many sessions it ended, and a warning when it ended none.
 
-Runs on each ``session_cache`` variant of ``tests.servers`` (LocMemCache, django-redis
+Runs on each ``session_cache`` variant of ``tests.support.servers`` (LocMemCache, django-redis
 and Django's ``RedisCache`` on a real Redis, pymemcache on real memcached servers).
 """
 
@@ -37,8 +37,8 @@ from hardened_sessions import keys
 from hardened_sessions.admin import ROW_ID_LENGTH
 from hardened_sessions.backends.db import SessionStore as DBStore
 from hardened_sessions.models import HardenedSession
-from tests.servers import variant_cache
-from tests.urls_admin import URLCONF
+from tests.support.servers import variant_cache
+from tests.support.urls_admin import URLCONF
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

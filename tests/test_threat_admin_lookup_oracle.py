@@ -41,7 +41,7 @@ from hardened_sessions import keys
 from hardened_sessions.admin import ROW_ID_LENGTH
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
-from tests.urls_admin import URLCONF
+from tests.support.urls_admin import URLCONF
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -27,7 +27,7 @@ from hardened_sessions.buffers import BufferPool, RecordBuffer, default_pool
 from hardened_sessions.exceptions import SessionTooLarge
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.record import Record
-from tests.helpers import buffer_array
+from tests.support.helpers import buffer_array
 
 SECRET = "remanence-marker-7f3c"
 on_every_database = pytest.mark.django_db(transaction=True, databases="__all__")

@@ -16,11 +16,10 @@ request that waits on the store once per ``request.user`` access.
 Stores: the cache engine on django-redis, Django's ``RedisCache`` and
 ``PyMemcacheCache`` (one server), and the cached_db engine on django-redis. Faults are
 real: the server is stopped through its fixture handle (a crash: it comes back
-empty), or a :class:`~tests.servers.FaultProxy` in front of it is cut (a partition:
+empty), or a :class:`~tests.support.faults.FaultProxy` in front of it refuses (a partition:
 the server keeps its data, and the old sessions come back with it). For counting,
-the store is reached through a :class:`~tests.tcp_proxy.TcpProxy` (which counts
-connections and, when cut, closes each new one at once) or a
-:class:`~tests.servers_scaleout.BlackHole` (which accepts and never answers, so only
+the store is reached through a fault proxy that counts connections and, when cut, closes
+each new one at once, or through one that is a black hole (it accepts and never answers, so only
 the 1-second socket timeouts end a request).
 """
 
@@ -38,18 +37,21 @@ from django.http import HttpResponseBase
 from django.test import Client
 
 from hardened_sessions import keys
-from tests import views_http
 from tests.conftest import require_server
-from tests.servers import (
-    FaultProxy,
+from tests.support import views_http
+from tests.support.faults import FaultProxy
+from tests.support.servers import (
     Server,
     cache_settings,
     flush_variant,
     sessions_cache,
 )
-from tests.servers_scaleout import BlackHole
-from tests.tcp_proxy import TcpProxy
-from tests.views_http import URLCONF, assert_cookie_expired, session_cookie, set_cookie_headers
+from tests.support.views_http import (
+    URLCONF,
+    assert_cookie_expired,
+    session_cookie,
+    set_cookie_headers,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -193,7 +195,7 @@ def outage(
     if fault == "cut":
         proxy = fault_proxy(server)
         target = proxy.as_server()
-        down, up = proxy.cut, proxy.restore
+        down, up = proxy.refuse, proxy.restore
     else:
         revive_servers(server)
         target = server
@@ -311,24 +313,22 @@ def front(
     fault: str,
     request: pytest.FixtureRequest,
     revive_servers: Callable[[Server], Server],
-    black_hole: Callable[[], BlackHole],
+    black_hole: Callable[[], FaultProxy],
 ) -> Iterator[Front]:
     _engine, variant = SETUPS[store_setup]
     kind = "memcached" if variant == "pymemcache" else "redis"
     if fault == "black-hole":
         hole = black_hole()
-        yield Front(hole.as_server(kind), lambda: None, lambda: hole.connections)
+        yield Front(hole.as_server(kind), lambda: None, lambda: hole.attempts)
         return
     server = real_server(variant, request)
-    proxy: TcpProxy | None = None
+    proxy: FaultProxy | None = None
     if fault == "stopped":
         revive_servers(server)
         made = Front(server, server.stop, lambda: None, server)
     else:
-        proxy = TcpProxy((server.host, server.port))
-        url = f"redis://127.0.0.1:{proxy.port}/0" if kind == "redis" else None
-        target = Server(kind, "127.0.0.1", proxy.port, url=url)
-        made = Front(target, proxy.cut, lambda: proxy.attempts, server)  # type: ignore[union-attr]
+        proxy = FaultProxy(server)
+        made = Front(proxy.as_server(), proxy.cut, lambda: proxy.attempts, server)  # type: ignore[union-attr]
     made.flush(variant)
     try:
         yield made

@@ -8,7 +8,7 @@ with ``SessionStoreUnavailable`` if it cannot, keeps its copies in step with eve
 save, and treats the database as the truth.
 
 Faults are real: a server fixture is stopped (a crash: the server comes back
-empty), or a :class:`~tests.servers.FaultProxy` in front of it cuts the network
+empty), or a :class:`~tests.support.faults.FaultProxy` in front of it cuts the network
 while the server keeps everything it holds (a partition: the dangerous case, since
 the copy survives). The races between two requests are forced at the one seam
 where timing cannot be arranged from outside: a wrapper around the engine's cache
@@ -34,8 +34,8 @@ from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.keys import store_key
 from hardened_sessions.models import HardenedSession
 from tests.conftest import require_server
-from tests.servers import (
-    FaultProxy,
+from tests.support.faults import PROXY_ALIAS, FaultProxy, sessions_through_proxy
+from tests.support.servers import (
     RawCache,
     Server,
     cache_settings,
@@ -43,7 +43,6 @@ from tests.servers import (
     memcached_ttl,
     sessions_cache,
 )
-from tests.tcp_proxy import PROXY_ALIAS, sessions_through_proxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -126,7 +125,7 @@ class Partition:
         self.proxies = proxies
 
     def cut(self, server: Server) -> None:
-        self.proxies[server.address].cut()
+        self.proxies[server.address].refuse()
 
     def restore(self) -> None:
         for proxy in self.proxies.values():
@@ -545,11 +544,11 @@ class BeforeCas:
 
     ran = False
 
-    def cas(self, *args: Any) -> Any:
+    def cas(self, *args: Any, **kwargs: Any) -> Any:
         other, self._other = self._other, lambda: None
         other()
         self.ran = True
-        return self._store.cas(*args)
+        return self._store.cas(*args, **kwargs)
 
 
 def test_a_load_fills_the_cache_with_the_rows_record(raw_session_cache: RawCache) -> None:

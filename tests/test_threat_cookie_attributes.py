@@ -28,7 +28,7 @@ from django.test import Client, override_settings
 
 from hardened_sessions.conf import MAX_TIMEOUT, cookie_problems
 from hardened_sessions.middleware import HardenedSessionMiddleware
-from tests.views_http import URLCONF, session_cookie, set_cookie_headers
+from tests.support.views_http import URLCONF, session_cookie, set_cookie_headers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -29,8 +29,8 @@ from hardened_sessions import keys
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.exceptions import SessionRotationFailed, SessionStoreUnavailable
 from hardened_sessions.models import HardenedSession
-from tests import views_http
-from tests.views_http import URLCONF, assert_cookie_expired
+from tests.support import views_http
+from tests.support.views_http import URLCONF, assert_cookie_expired
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -26,7 +26,7 @@ from hardened_sessions.backends.cached_db import SessionStore as CachedDBStore
 from hardened_sessions.backends.db import SessionStore as DBStore
 from hardened_sessions.keys import store_key
 from hardened_sessions.models import HardenedSession
-from tests.servers import CACHE_VARIANTS, variant_cache
+from tests.support.servers import CACHE_VARIANTS, variant_cache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

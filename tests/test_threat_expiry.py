@@ -31,7 +31,7 @@ from django.utils import timezone
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.signals import session_rejected
-from tests.clock import Clock, clock_at
+from tests.support.clock import Clock, clock_at
 
 DB = pytest.mark.django_db(transaction=True, databases="__all__")
 FAR_FUTURE = datetime(2999, 1, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ import pytest
 
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.stores import store_for_cache
-from tests.servers import Server, cache_settings, sessions_cache
+from tests.support.servers import Server, cache_settings, sessions_cache
 
 CACHE_ENGINE = "hardened_sessions.backends.cache"
 SESSIONS = 12

@@ -31,7 +31,7 @@ from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.conf import get_config
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.models import HardenedSession
-from tests.helpers import new_session
+from tests.support.helpers import new_session
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -20,8 +20,8 @@ from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.stores import store_for_cache
 from hardened_sessions.stores.redis_send import checkout  # redis-py 4 and 8 alike
-from tests.helpers import new_session
-from tests.servers import RawCache, servers_for, variant_cache
+from tests.support.helpers import new_session
+from tests.support.servers import RawCache, servers_for, variant_cache
 
 THREAD_TIMEOUT = 60
 
@@ -119,7 +119,7 @@ def redis_cache(request: pytest.FixtureRequest) -> Iterator[RawCache]:
 
 
 def test_saves_recover_when_the_server_forgot_its_scripts(redis_cache: RawCache) -> None:
-    from tests.servers import raw_redis
+    from tests.support.servers import raw_redis
 
     assert redis_cache.redis_server is not None
     key = new_session(SessionStore, {"n": 0})
@@ -174,7 +174,7 @@ def test_a_failed_batch_leaves_no_reply_for_the_next_command(redis_cache: RawCac
     # Both commands of a save fail (out of memory): the connection that holds the
     # second error reply must not go back to the pool with it.
     from hardened_sessions.exceptions import SessionStoreUnavailable
-    from tests.servers import raw_redis
+    from tests.support.servers import raw_redis
 
     assert redis_cache.redis_server is not None
     key = new_session(SessionStore, {"n": 0})
@@ -225,7 +225,7 @@ def test_threads_share_the_pools_connections(redis_cache: RawCache) -> None:
 
 
 def test_a_connection_the_server_closed_is_replaced_before_use(redis_cache: RawCache) -> None:
-    from tests.servers import raw_redis
+    from tests.support.servers import raw_redis
 
     assert redis_cache.redis_server is not None
     _, key, _ = loaded_over_redis(redis_cache)

@@ -30,6 +30,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from hardened_sessions import keys
+from hardened_sessions.backends.base import Token
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.signals import session_rejected
@@ -74,12 +75,12 @@ class RecordingStore(SessionStore):
 
     def _write_new(self, store_key: str, data: memoryview, rec: Any) -> Any:
         self.calls.append(("write_new", store_key))
-        return rec.version if self.offline else super()._write_new(store_key, data, rec)
+        return Token(rec.version) if self.offline else super()._write_new(store_key, data, rec)
 
     def _write_update(self, store_key: str, data: memoryview, rec: Any, token: Any) -> Any:
         self.calls.append(("write_update", store_key))
         if self.offline:
-            return rec.version
+            return Token(rec.version)
         return super()._write_update(store_key, data, rec, token)
 
     def _remove(self, store_key: str) -> bool:

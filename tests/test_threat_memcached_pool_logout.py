@@ -63,7 +63,8 @@ from hardened_sessions.stores.memcached import (
     RendezvousNodes,
     unsupported_options,
 )
-from tests.servers import (
+from tests.support.faults import FaultProxy
+from tests.support.servers import (
     RawCache,
     Server,
     cache_settings,
@@ -71,13 +72,11 @@ from tests.servers import (
     free_port,
     sessions_cache,
 )
-from tests.servers_scaleout import BlackHole
-from tests.settings import SQLITE_OPTIONS
-from tests.tcp_proxy import TcpProxy
-from tests.views_http import clock_shifted
+from tests.support.settings import SQLITE_OPTIONS
+from tests.support.views_http import clock_shifted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).with_name("threat_memcached_pool_worker.py")
+WORKER = Path(__file__).parent / "support" / "threat_memcached_pool_worker.py"
 
 # docs/engines.rst, "Cache configurations", with short socket timeouts.
 POOL_OPTIONS: dict[str, Any] = {
@@ -257,8 +256,8 @@ def attempt(operation: Callable[[Any, str], None], session: Any, key: str) -> Ba
 @dataclass
 class Pool:
     servers: list[Server]
-    proxies: list[TcpProxy]
-    hole: BlackHole
+    proxies: list[FaultProxy]
+    hole: FaultProxy
     config: dict[str, Any]
     engine: str
 
@@ -275,7 +274,7 @@ class Pool:
 
     @staticmethod
     def raw_holds(server: Server, full_key: str) -> bool:
-        from tests.servers import memcached_ttl
+        from tests.support.servers import memcached_ttl
 
         return memcached_ttl(server, full_key) is not None
 
@@ -286,13 +285,13 @@ class Pool:
 @pytest.fixture
 def pool(
     memcached_servers: list[Server],
-    black_hole: Callable[[], BlackHole],
+    black_hole: Callable[[], FaultProxy],
     request: pytest.FixtureRequest,
 ) -> Iterator[Pool]:
     servers = memcached_servers[:3]
     assert len(servers) == 3
     engine: str = request.node.callspec.params["engine"]
-    proxies = [TcpProxy((s.host, s.port)) for s in servers]
+    proxies = [FaultProxy(s) for s in servers]
     hole = black_hole()
     flush_variant("pymemcache", {"memcached": servers})
     config = cache_settings(

@@ -23,7 +23,7 @@ from django.urls import path
 
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.models import HardenedSession
-from tests.clock import clock_at
+from tests.support.clock import clock_at
 
 DB = pytest.mark.django_db(transaction=True, databases="__all__")
 PASSWORD = "correct horse battery staple"

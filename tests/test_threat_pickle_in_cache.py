@@ -7,7 +7,7 @@ attacker's code. The cache engines must read their records as plain bytes, never
 through the cache's serializer, and write signed ``hs1:`` records, not pickles.
 
 Every test runs on each ``session_cache`` variant (``locmem``, ``django-redis``,
-``django-rediscache``, ``pymemcache``: see ``tests/servers.py``) and, where the
+``django-rediscache``, ``pymemcache``: see ``tests/support/servers.py``) and, where the
 cache engine's behaviour is in question, on both engines that use a cache.
 
 The planted payload is harmless but real: unpickling it calls :func:`detonate`,
@@ -37,7 +37,7 @@ from hardened_sessions.buffers import RecordBuffer
 from hardened_sessions.keys import generate_key, store_key
 from hardened_sessions.stores import store_for_cache
 from hardened_sessions.stores.memcached import _expire
-from tests.servers import (
+from tests.support.servers import (
     CACHE_VARIANTS,
     RawCache,
     Server,

@@ -8,7 +8,7 @@ without a fresh proof, or turning the re-authentication view against its user.
 * a cross-site POST (CSRF);
 * a rotation that fails: no proof may be recorded, in the store or in memory.
 
-The site under test is ``tests.reauth_site``; time moves by patching.
+The site under test is ``tests.support.reauth_site``; time moves by patching.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from django.test import Client, override_settings
 
 from hardened_sessions import reauth
 from hardened_sessions.forms import PasswordReauthForm
-from tests.clock import Clock
-from tests.reauth_site import (
+from tests.support.clock import Clock
+from tests.support.reauth_site import (
     BOB_PASSWORD,
     COOKIE,
     HOME,
@@ -235,9 +235,9 @@ def test_reauth_view_needs_a_csrf_token(clock: Clock, alice: Any) -> None:
 
 
 def test_rotation_failure_propagates_and_marks_nothing(clock: Clock, alice: Any) -> None:
-    from tests import http_fault_engine
+    from tests.support import http_fault_engine
 
-    with override_settings(SESSION_ENGINE="tests.http_fault_engine"):
+    with override_settings(SESSION_ENGINE="tests.support.http_fault_engine"):
         client = Client()
         key = login(client)
         clock.now += MAX_AGE

@@ -41,7 +41,7 @@ from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.buffers import RecordBuffer
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.record import MAX_DEPTH, PREFIX, CorruptRecord, Record
-from tests.helpers import buffer_array
+from tests.support.helpers import buffer_array
 
 NOW = 1_700_000_000
 STORE_KEY = hashlib.sha256(b"the victim's session key").hexdigest()

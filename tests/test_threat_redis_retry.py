@@ -11,7 +11,7 @@ Re-sent, ``DEL`` answers 0 ("there was nothing") and ``SET NX`` answers "taken":
   among the user's sessions);
 * a revocation whose delete is re-sent under-counted what it ended.
 
-The fault is real: a relay in front of Redis (:mod:`tests.redis_reply_proxy`) lets the
+The fault is real: a relay in front of Redis (:mod:`tests.support.faults`) lets the
 command through and drops Redis's answer, so the client times out and retries, on
 django-redis and on Django's ``RedisCache``, each with ``retry_on_timeout`` and with a
 ``Retry`` policy. On Redis Cluster (whose client retries by default, and whose nodes
@@ -31,8 +31,8 @@ import hardened_sessions
 from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.stores.redis_send import checkout  # redis-py 4 and 8 alike
-from tests.redis_reply_proxy import ReplyLosingProxy
-from tests.servers import (
+from tests.support.faults import FaultProxy
+from tests.support.servers import (
     RawCache,
     Server,
     cache_settings,
@@ -40,7 +40,7 @@ from tests.servers import (
     raw_redis,
     sessions_cache,
 )
-from tests.servers_scaleout import RedisClusterHandle
+from tests.support.servers_scaleout import RedisClusterHandle
 
 pytestmark = pytest.mark.django_db
 
@@ -70,12 +70,12 @@ def _options(variant: str, policy: str) -> dict[str, Any]:
 )
 def lossy(
     request: pytest.FixtureRequest, redis_server: Server
-) -> Iterator[tuple[ReplyLosingProxy, RawCache]]:
+) -> Iterator[tuple[FaultProxy, RawCache]]:
     variant, policy = request.param
-    proxy = ReplyLosingProxy(redis_server)
+    proxy = FaultProxy(redis_server)
     servers = {"redis": redis_server}
     flush_variant(variant, servers)
-    config = cache_settings(variant, redis=proxy.server, options=_options(variant, policy))
+    config = cache_settings(variant, redis=proxy.as_server(), options=_options(variant, policy))
     try:
         with sessions_cache(config, SESSION_ENGINE=ENGINE) as alias:
             # Every script the tests meet is loaded first, so a lost reply is the reply
@@ -104,7 +104,7 @@ def _records_holding(raw: RawCache, marker: bytes) -> list[str]:
 
 
 def test_a_login_whose_delete_is_resent_keeps_the_session_data(
-    lossy: tuple[ReplyLosingProxy, RawCache], django_user_model: Any
+    lossy: tuple[FaultProxy, RawCache], django_user_model: Any
 ) -> None:
     proxy, raw = lossy
     user = django_user_model.objects.create_user("retry-alice", password="x")
@@ -130,7 +130,7 @@ def test_a_login_whose_delete_is_resent_keeps_the_session_data(
 
 
 def test_a_rotation_of_a_session_revoked_meanwhile_still_starts_empty(
-    lossy: tuple[ReplyLosingProxy, RawCache],
+    lossy: tuple[FaultProxy, RawCache],
 ) -> None:
     """The tombstone is the delete's own: another deleter's work is not taken for it."""
     proxy, raw = lossy
@@ -146,7 +146,7 @@ def test_a_rotation_of_a_session_revoked_meanwhile_still_starts_empty(
 
 @pytest.mark.parametrize("with_user", [False, True], ids=["anonymous", "user"])
 def test_a_create_whose_set_nx_is_resent_stores_one_record(
-    lossy: tuple[ReplyLosingProxy, RawCache], django_user_model: Any, with_user: bool
+    lossy: tuple[FaultProxy, RawCache], django_user_model: Any, with_user: bool
 ) -> None:
     proxy, raw = lossy
     user = django_user_model.objects.create_user("retry-bob", password="x")
@@ -169,7 +169,7 @@ def test_a_create_whose_set_nx_is_resent_stores_one_record(
 
 
 def test_a_real_key_collision_is_still_a_collision(
-    lossy: tuple[ReplyLosingProxy, RawCache],
+    lossy: tuple[FaultProxy, RawCache],
 ) -> None:
     """A taken key whose record is not this call's own is refused (another key is used)."""
     proxy, raw = lossy
@@ -184,7 +184,7 @@ def test_a_real_key_collision_is_still_a_collision(
 
 
 def test_a_revocation_whose_delete_is_resent_counts_what_it_ended(
-    lossy: tuple[ReplyLosingProxy, RawCache], django_user_model: Any
+    lossy: tuple[FaultProxy, RawCache], django_user_model: Any
 ) -> None:
     proxy, raw = lossy
     user = django_user_model.objects.create_user("retry-carol", password="x")
@@ -203,7 +203,7 @@ def test_a_revocation_whose_delete_is_resent_counts_what_it_ended(
 
 
 def test_tombstones_expire_and_are_never_read_as_sessions(
-    lossy: tuple[ReplyLosingProxy, RawCache], redis_server: Server
+    lossy: tuple[FaultProxy, RawCache], redis_server: Server
 ) -> None:
     proxy, raw = lossy
     session = SessionStore()
@@ -222,7 +222,7 @@ def test_tombstones_expire_and_are_never_read_as_sessions(
 
 
 def test_the_lean_path_follows_the_pools_retry_policy(
-    lossy: tuple[ReplyLosingProxy, RawCache],
+    lossy: tuple[FaultProxy, RawCache],
 ) -> None:
     """The lean path takes its connections from the client's own pool, retries included:
     the faults above exercise the policy the user configured, not a home-made one."""

@@ -7,8 +7,8 @@ never two live keys, never revoked data under a new key, a 503 that expires the
 cookie. ``created`` restarts at rotation, so the absolute timeout counts from login.
 
 Faults: the random source (``random._urandom``, what ``secrets`` reads), a cut
-connection to PostgreSQL (``tests.tcp_proxy``), and, for a failure *between* the
-delete and the create of one rotation, the store subclass ``tests.http_fault_engine``.
+connection to PostgreSQL (``tests.support.faults``), and, for a failure *between* the
+delete and the create of one rotation, the store subclass ``tests.support.http_fault_engine``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from django.test import Client, override_settings
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.exceptions import SessionRotationFailed
 from hardened_sessions.models import HardenedSession
-from tests import http_fault_engine, views_http
-from tests.tcp_proxy import sessions_through_proxy
-from tests.views_http import (
+from tests.support import http_fault_engine, views_http
+from tests.support.faults import sessions_through_proxy
+from tests.support.views_http import (
     URLCONF,
     assert_cookie_expired,
     clock_shifted,
@@ -63,7 +63,7 @@ def fault_engine() -> Iterator[type[http_fault_engine.SessionStore]]:
     engine.failing.clear()
     engine.calls.clear()
     try:
-        with override_settings(SESSION_ENGINE="tests.http_fault_engine"):
+        with override_settings(SESSION_ENGINE="tests.support.http_fault_engine"):
             yield engine
     finally:
         engine.failing.clear()

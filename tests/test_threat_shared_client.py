@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from hardened_sessions.backends.cache import SessionStore
-from tests.servers import Server, cache_settings, flush_variant, sessions_cache
+from tests.support.servers import Server, cache_settings, flush_variant, sessions_cache
 
 THREADS = 8
 SESSIONS = 32

@@ -44,11 +44,11 @@ from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.conf import get_config
 from hardened_sessions.exceptions import SessionRotationFailed, SessionStoreUnavailable
 from hardened_sessions.models import HardenedSession
-from tests.routers import SessionsAliasRouter
-from tests.settings import SQLITE_OPTIONS
+from tests.support.routers import SessionsAliasRouter
+from tests.support.settings import SQLITE_OPTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).with_name("threat_sqlite_worker.py")
+WORKER = Path(__file__).parent / "support" / "threat_sqlite_worker.py"
 TABLE = HardenedSession._meta.db_table
 
 N_PROCESSES = 8

@@ -28,7 +28,7 @@ from hardened_sessions.buffers import RecordBuffer
 from hardened_sessions.exceptions import HardenedSessionError, SessionTooLarge
 from hardened_sessions.models import HardenedSession
 from hardened_sessions.record import Record
-from tests.helpers import buffer_array
+from tests.support.helpers import buffer_array
 
 NOW = 1_700_000_000
 STORE_KEY = "0" * 64

@@ -9,7 +9,7 @@ request merely recorded activity); ``FAILURE_VIEW``; a malformed cookie (no stor
 access at all).
 
 The outage is real: the PostgreSQL test database is reached through a TCP proxy
-(``tests.tcp_proxy``) that the tests cut and restore.
+(``tests.support.faults``) that the tests cut and restore.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from django.test import Client, RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from hardened_sessions.backends.db import SessionStore
-from tests import views_http
-from tests.tcp_proxy import PROXY_ALIAS, TcpProxy, sessions_through_proxy
-from tests.views_http import (
+from tests.support import views_http
+from tests.support.faults import PROXY_ALIAS, FaultProxy, sessions_through_proxy
+from tests.support.views_http import (
     AUTH_MIDDLEWARE,
     SESSION_MIDDLEWARE,
     URLCONF,
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 PASSWORD = "correct horse battery staple"
 COOKIE = settings.SESSION_COOKIE_NAME
-FAILURE_VIEW = "tests.views_http.failure_view"
+FAILURE_VIEW = "tests.support.views_http.failure_view"
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def alice() -> Any:
 
 
 @pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
+def proxy() -> Iterator[FaultProxy]:
     with sessions_through_proxy() as proxy:
         yield proxy
 
@@ -94,7 +94,7 @@ def _assert_unavailable(response: HttpResponseBase) -> None:
     assert set_cookie_headers(response) == []
 
 
-def _restore(proxy: TcpProxy) -> None:
+def _restore(proxy: FaultProxy) -> None:
     """Bring the store back, and drop the connection the outage broke.
 
     A server does the latter at every request boundary (``close_old_connections`` on
@@ -138,7 +138,7 @@ def _wsgi_get(path: str, session_key: str) -> HttpResponse:
 
 @pytest.mark.postgresql
 def test_a_view_reading_the_session_answers_503_and_keeps_the_cookie(
-    proxy: TcpProxy, alice: Any
+    proxy: FaultProxy, alice: Any
 ) -> None:
     client = Client()
     key = _logged_in(client)
@@ -158,13 +158,20 @@ def test_a_view_reading_the_session_answers_503_and_keeps_the_cookie(
 @pytest.mark.parametrize(
     ("middleware", "path"),
     [
-        ([SESSION_MIDDLEWARE, "tests.views_http.SwallowingReaderMiddleware"], "/untouched/"),
         (
-            [SESSION_MIDDLEWARE, AUTH_MIDDLEWARE, "tests.views_http.SwallowingExceptionMiddleware"],
+            [SESSION_MIDDLEWARE, "tests.support.views_http.SwallowingReaderMiddleware"],
+            "/untouched/",
+        ),
+        (
+            [
+                SESSION_MIDDLEWARE,
+                AUTH_MIDDLEWARE,
+                "tests.support.views_http.SwallowingExceptionMiddleware",
+            ],
             "/whoami/",
         ),
         ([SESSION_MIDDLEWARE, AUTH_MIDDLEWARE], "/read-and-swallow/"),
-        ([SESSION_MIDDLEWARE, "tests.views_http.SessionReadingMiddleware"], "/untouched/"),
+        ([SESSION_MIDDLEWARE, "tests.support.views_http.SessionReadingMiddleware"], "/untouched/"),
     ],
     ids=[
         "middleware-reads-and-catches",
@@ -174,7 +181,7 @@ def test_a_view_reading_the_session_answers_503_and_keeps_the_cookie(
     ],
 )
 def test_a_failure_turned_into_a_200_elsewhere_still_answers_503(
-    proxy: TcpProxy, middleware: list[str], path: str
+    proxy: FaultProxy, middleware: list[str], path: str
 ) -> None:
     with override_settings(MIDDLEWARE=middleware):
         # A server never re-raises; only the test client would, by default.
@@ -190,7 +197,7 @@ def test_a_failure_turned_into_a_200_elsewhere_still_answers_503(
 
 
 @pytest.mark.postgresql
-def test_one_store_attempt_per_request(proxy: TcpProxy, alice: Any) -> None:
+def test_one_store_attempt_per_request(proxy: FaultProxy, alice: Any) -> None:
     client = Client()
     _logged_in(client)
     connections[PROXY_ALIAS].close()  # the next store access has to connect
@@ -206,7 +213,7 @@ def test_one_store_attempt_per_request(proxy: TcpProxy, alice: Any) -> None:
 
 
 @pytest.mark.postgresql
-def test_a_failed_save_of_a_new_session_answers_503_without_a_cookie(proxy: TcpProxy) -> None:
+def test_a_failed_save_of_a_new_session_answers_503_without_a_cookie(proxy: FaultProxy) -> None:
     proxy.cut()
     response = Client().get("/set/", {"value": "never stored"})
     _restore(proxy)
@@ -222,7 +229,7 @@ def test_a_failed_save_of_a_new_session_answers_503_without_a_cookie(proxy: TcpP
     ids=["save-of-changed-data", "activity-touch"],
 )
 def test_a_save_failing_mid_request_answers_503_and_the_record_is_intact(
-    proxy: TcpProxy,
+    proxy: FaultProxy,
     monkeypatch: pytest.MonkeyPatch,
     hardened: dict[str, int],
     query: dict[str, str],
@@ -383,7 +390,7 @@ def test_failure_view_renders_the_400_and_503_answers(
 
 @pytest.mark.postgresql
 @override_settings(HARDENED_SESSIONS={"FAILURE_VIEW": FAILURE_VIEW})
-def test_failure_view_renders_the_store_outage(proxy: TcpProxy) -> None:
+def test_failure_view_renders_the_store_outage(proxy: FaultProxy) -> None:
     client = Client()
     _new_session(client, "1")
 

@@ -41,7 +41,7 @@ from hardened_sessions.backends.cache import SessionStore as CacheSessionStore
 from hardened_sessions.backends.db import SessionStore
 from hardened_sessions.conf import get_config
 from hardened_sessions.models import HardenedSession
-from tests.helpers import new_session
+from tests.support.helpers import new_session
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

@@ -27,8 +27,8 @@ from django.test import override_settings
 import hardened_sessions
 from hardened_sessions import keys
 from hardened_sessions.backends.cache import SessionStore
-from tests.redis_reply_proxy import ReplyLosingProxy
-from tests.servers import (
+from tests.support.faults import FaultProxy
+from tests.support.servers import (
     RawCache,
     Server,
     cache_settings,
@@ -106,9 +106,9 @@ def test_twenty_thousand_ended_logins_leave_the_index_at_the_live_sessions(
 
         # Revoking: commands and round trips bounded by the live sessions, not the history.
         config = cache_settings(raw.variant, redis=redis_server)
-        proxy = ReplyLosingProxy(redis_server)
+        proxy = FaultProxy(redis_server)
         try:
-            config["LOCATION"] = proxy.server.url
+            config["LOCATION"] = proxy.as_server().url
             with sessions_cache(config, SESSION_ENGINE=ENGINE):
                 client.config_resetstat()
                 ended = hardened_sessions.revoke_user_sessions(user, keep=live[0].session_key)

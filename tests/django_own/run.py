@@ -6,7 +6,7 @@ Usage::
                                    [--parallel N] [--stock [--record]] [-- RUNTESTS_ARGS]
 
 For the installed Django, this takes the ``tests/`` folder of its sdist (downloaded
-once by ``tests/django_suite.py``) and runs Django's ``runtests.py`` (through
+once by ``tests/support/django_suite.py``) and runs Django's ``runtests.py`` (through
 ``hs_runtests.py``) once per session engine, each in its own process:
 
 * by default with ``hardened_sessions`` installed, ``HardenedSessionMiddleware`` in
@@ -76,7 +76,7 @@ def _load(name: str, path: Path) -> ModuleType:
     return module
 
 
-django_suite = _load("hs_django_suite", HERE.parent / "django_suite.py")
+django_suite = _load("hs_django_suite", HERE.parent / "support" / "django_suite.py")
 hs_deviations = _load("hs_deviations", HERE / "hs_deviations.py")
 
 

@@ -1,7 +1,7 @@
 """A second Django process on the same memcached pool (used by
 ``tests/test_threat_memcached_pool_logout.py``; not a test module itself).
 
-Run as ``python tests/threat_memcached_pool_worker.py CONFIG_JSON`` with the repository
+Run as ``python tests/support/threat_memcached_pool_worker.py CONFIG_JSON`` with the repository
 root on ``PYTHONPATH``. ``CONFIG_JSON`` holds ``secret_key``, ``engine`` (a
 ``SESSION_ENGINE``), ``cache`` (the ``CACHES["sessions"]`` entry) and ``database`` (the
 SQLite file of the ``cached_db`` engine). The process prints ``ready``, then answers

@@ -39,7 +39,7 @@ MIDDLEWARE = [
 
 SESSION_ENGINE = "hardened_sessions.backends.db"
 
-ROOT_URLCONF = "tests.urls"
+ROOT_URLCONF = "tests.support.urls"
 
 TEMPLATES = [
     {

@@ -1,6 +1,6 @@
 """A db engine whose store primitives can be made to fail, for rotation faults.
 
-``SESSION_ENGINE = "tests.http_fault_engine"``. A failure between the two steps of
+``SESSION_ENGINE = "tests.support.http_fault_engine"``. A failure between the two steps of
 ``cycle_key()`` (delete the old record, store the new one) cannot be produced from
 outside a single request, so this is the one seam the rotation tests cut at. Set
 ``SessionStore.failing`` to the primitives that must raise ``SessionStoreUnavailable``

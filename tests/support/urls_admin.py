@@ -1,6 +1,6 @@
 """URLconf for the operations tests: the real admin, Django's auth views, and one probe.
 
-Used with ``override_settings(ROOT_URLCONF="tests.urls_admin")`` by ``test_admin``,
+Used with ``override_settings(ROOT_URLCONF="tests.support.urls_admin")`` by ``test_admin``,
 ``test_per_user_sessions`` and ``test_importdjangosessions``:
 
 * ``admin/``: ``admin.site.urls`` (the ``HardenedSession`` admin as registered);

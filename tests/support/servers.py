@@ -14,7 +14,8 @@ in the middle of a test. A test that stops a server registers it with the
 ``revive_servers`` fixture (or uses ``stopped()``), so the server is back for the next
 test whatever the outcome. A stopped server comes back empty: nothing is persisted.
 To cut the network while the server keeps its data (a partition), put a
-:class:`FaultProxy` in front of it (``fault_proxy`` fixture) and ``cut()`` that.
+:class:`tests.support.faults.FaultProxy` in front of it (``fault_proxy`` fixture) and
+``refuse()`` through that.
 
 Servers can be named instead of started: ``HS_TEST_REDIS_URL=redis://host:port/db``
 and ``HS_TEST_MEMCACHED=host:port,host:port``. Then no process is started, nothing
@@ -64,7 +65,6 @@ __all__ = [
     "CACHE_VARIANTS",
     "RUN_TOKEN",
     "SESSIONS_ALIAS",
-    "FaultProxy",
     "RawCache",
     "Server",
     "ServerSet",
@@ -530,126 +530,6 @@ class RawCache:
         return sorted(k for k in found if k.startswith(self.prefix + ":"))
 
 
-class FaultProxy:
-    """A TCP relay in front of a server, to cut the network while the server keeps its data.
-
-    ``cut()`` closes every relayed connection and the listening socket (new
-    connections are refused, as with a server that is gone), but the server behind
-    keeps running with all it holds: a partition, not a crash. ``restore()`` listens
-    again on the same port.
-    """
-
-    def __init__(self, upstream: Server) -> None:
-        import threading
-
-        self.upstream = upstream
-        self.host = LOOPBACK
-        self.port = free_port()
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.restore()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.address}/0" if self.upstream.kind == "redis" else self.address
-
-    def as_server(self) -> Server:
-        """The relay as an external :class:`Server` (for ``cache_settings``)."""
-        return Server(
-            self.upstream.kind,
-            self.host,
-            self.port,
-            url=self.url if self.upstream.kind == "redis" else None,
-        )
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        import threading
-
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def restore(self) -> None:
-        if self._listener is not None:
-            return
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(64)
-        listener.settimeout(0.05)
-        self._listener = listener
-        self._stop.clear()
-        self._spawn(self._accept, listener)
-
-    def cut(self) -> None:
-        self._stop.set()
-        listener, self._listener = self._listener, None
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads = []
-        if listener is not None:
-            listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                with suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._sockets.clear()
-
-    close = cut
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            try:
-                upstream = socket.create_connection(
-                    (self.upstream.host, self.upstream.port), timeout=5
-                )
-            except OSError:
-                client.close()
-                continue
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.settimeout(None)
-            with self._lock:
-                self._sockets.update((client, upstream))
-            self._spawn(self._pump, client, upstream)
-
-    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        import selectors
-
-        peers = {client: upstream, upstream: client}
-        with selectors.DefaultSelector() as selector:
-            for sock in peers:
-                selector.register(sock, selectors.EVENT_READ)
-            while not self._stop.is_set():
-                try:
-                    events = selector.select(timeout=0.05)
-                    for key, _ in events:
-                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-                        if not data:
-                            raise OSError("closed")
-                        peers[key.fileobj].sendall(data)  # type: ignore[index]
-                except (OSError, ValueError):
-                    break
-        with self._lock:
-            for sock in peers:
-                self._sockets.discard(sock)
-                with suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-
 # --- fixtures --------------------------------------------------------------------------
 
 
@@ -700,22 +580,6 @@ def revive_servers() -> Iterator[Callable[[Server], Server]]:
     for server in touched:
         if server.managed and not server.running():
             server.start()
-
-
-@pytest.fixture
-def fault_proxy() -> Iterator[Callable[[Server], FaultProxy]]:
-    """``fault_proxy(server)``: a :class:`FaultProxy` in front of ``server``, closed
-    after the test."""
-    proxies: list[FaultProxy] = []
-
-    def make(server: Server) -> FaultProxy:
-        proxy = FaultProxy(server)
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
 
 
 def cache_settings(

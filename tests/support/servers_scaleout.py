@@ -1,7 +1,7 @@
-"""Scale-out servers for the tests: a Redis Cluster, Redis Sentinel, and a black hole.
+"""Scale-out servers for the tests: a Redis Cluster and Redis Sentinel.
 
-Registered as a pytest plugin by ``tests/conftest.py``, next to ``tests.servers``
-(whose :class:`~tests.servers.Server` handles these reuse). Every process runs on free
+Registered as a pytest plugin by ``tests/conftest.py``, next to ``tests.support.servers``
+(whose :class:`~tests.support.servers.Server` handles these reuse). Every process runs on free
 loopback ports, in a temporary directory, and is stopped at the end of the run:
 
 * ``redis_cluster``: three ``redis-server`` processes in cluster mode, joined with
@@ -14,10 +14,9 @@ loopback ports, in a temporary directory, and is stopped at the end of the run:
   --sentinel`` monitoring it as :data:`SENTINEL_SERVICE` (quorum 1, a low
   ``down-after-milliseconds``); the fixture waits until the sentinel names the
   primary.
-* ``black_hole``: ``black_hole()`` makes a :class:`BlackHole`, an address that accepts
-  TCP connections and never answers on them (a partition that drops packets rather
-  than refusing them: only the clients' socket timeouts end a request). It counts
-  the connections made to it; all are closed after the test.
+
+(The black hole, an address that accepts connections and never answers, is a
+:class:`tests.support.faults.FaultProxy`: the ``black_hole`` fixture.)
 
 None of these can be named instead of started: without ``redis-server`` (or
 ``redis-cli``) the tests give up through ``tests.conftest.require_server`` (a skip on
@@ -28,23 +27,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import require_server
-from tests.servers import LOOPBACK, Server, ServerSet, free_port
+from tests.support.servers import LOOPBACK, Server, ServerSet, free_port
 
 __all__ = [
     "SENTINEL_SERVICE",
-    "BlackHole",
     "RedisClusterHandle",
     "SentinelHandle",
     "wait_for",
@@ -293,76 +288,3 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
         yield handle
     finally:
         launcher.shutdown()
-
-
-# --- a black hole -----------------------------------------------------------------------
-
-
-class BlackHole:
-    """An address that accepts connections and never answers on them.
-
-    ``connections`` counts the connections accepted so far; ``close()`` drops them
-    all and stops listening.
-    """
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server((LOOPBACK, 0), backlog=128)
-        self._listener.settimeout(0.05)
-        self.host = LOOPBACK
-        self.port: int = self._listener.getsockname()[1]
-        self._held: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def connections(self) -> int:
-        with self._lock:
-            return len(self._held)
-
-    def as_server(self, kind: str) -> Server:
-        """The black hole as an external :class:`Server` (for ``cache_settings``)."""
-        url = f"redis://{self.address}/0" if kind == "redis" else None
-        return Server(kind, self.host, self.port, url=url)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self._held.append(sock)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
-        with self._lock:
-            held, self._held = self._held, []
-        for sock in held:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
-@pytest.fixture
-def black_hole() -> Iterator[Callable[[], BlackHole]]:
-    """``black_hole()``: a :class:`BlackHole`, closed after the test."""
-    holes: list[BlackHole] = []
-
-    def make() -> BlackHole:
-        hole = BlackHole()
-        holes.append(hole)
-        return hole
-
-    yield make
-    for hole in holes:
-        hole.close()

@@ -37,7 +37,7 @@ _SKIPPED_IMPORTS = {"django.contrib.sessions.models", "models"}
 
 
 def cache_dir() -> Path:
-    default = Path(__file__).resolve().parent.parent / ".cache" / "django-sdist"
+    default = Path(__file__).resolve().parents[2] / ".cache" / "django-sdist"
     return Path(os.environ.get("HS_DJANGO_SDIST_CACHE", default))
 
 

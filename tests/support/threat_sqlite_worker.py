@@ -1,7 +1,7 @@
 """A standalone Django process hammering one SQLite file (used by
 ``tests/test_threat_sqlite_concurrency.py``; not a test module itself).
 
-Run as ``python tests/threat_sqlite_worker.py CONFIG_JSON`` with the repository root on
+Run as ``python tests/support/threat_sqlite_worker.py CONFIG_JSON`` with the repository root on
 ``PYTHONPATH``. ``CONFIG_JSON`` holds ``database`` (the file), ``options`` (the
 SQLite ``OPTIONS``), ``secret_key`` and ``mode``:
 

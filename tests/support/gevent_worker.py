@@ -1,7 +1,7 @@
 """Many greenlets on one session engine under gevent's monkey-patching (used by
 ``tests/test_gevent.py``; not a test module itself).
 
-Run as ``python tests/gevent_worker.py CONFIG_JSON`` with the repository root on
+Run as ``python tests/support/gevent_worker.py CONFIG_JSON`` with the repository root on
 ``PYTHONPATH``. gevent patches the standard library before anything else is imported,
 as a gevent server (gunicorn's gevent worker, ``gevent.pywsgi``) does. ``CONFIG_JSON``
 holds ``secret_key``, ``engine`` (a ``SESSION_ENGINE``), ``cache`` (the

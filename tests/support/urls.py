@@ -1,4 +1,4 @@
-"""Root URLconf of the test suite (``ROOT_URLCONF = "tests.urls"``).
+"""Root URLconf of the test suite (``ROOT_URLCONF = "tests.support.urls"``).
 
 Empty on purpose. A test module that needs views either appends its patterns here
 (``urlpatterns.append(path(...))`` at import time) or, better, defines its own

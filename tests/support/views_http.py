@@ -1,6 +1,6 @@
 """Views, URLconf and helpers for the HTTP tests of ``HardenedSessionMiddleware``.
 
-Used with ``override_settings(ROOT_URLCONF="tests.views_http")`` by
+Used with ``override_settings(ROOT_URLCONF="tests.support.views_http")`` by
 ``test_http_cookie``, ``test_threat_session_fixation`` and ``test_threat_store_outage``.
 Every view is tiny and says what it does to the session, so that a test reads as
 "this request did X to the session; the response must look like Y".

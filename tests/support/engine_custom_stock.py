@@ -1,6 +1,6 @@
 """A project's own session engine, built on Django's ``SessionBase`` only.
 
-``SESSION_ENGINE = "tests.engine_custom_stock"``: what a project that wrote its own
+``SESSION_ENGINE = "tests.support.engine_custom_stock"``: what a project that wrote its own
 engine (not on ``HardenedSessionBase``) runs under ``HardenedSessionMiddleware``. The
 records live in a process-local dict. The class also has methods and attributes whose
 names the hardened engines use (``needs_touch``, ``touch``, ``device``,

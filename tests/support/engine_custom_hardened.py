@@ -1,5 +1,5 @@
 """A project's own session engine built on a hardened one:
-``SESSION_ENGINE = "tests.engine_custom_hardened"``."""
+``SESSION_ENGINE = "tests.support.engine_custom_hardened"``."""
 
 from __future__ import annotations
 

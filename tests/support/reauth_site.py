@@ -28,7 +28,7 @@ from hardened_sessions.decorators import reauth_required
 from hardened_sessions.forms import PasswordReauthForm
 from hardened_sessions.mixins import ReauthRequiredMixin
 from hardened_sessions.views import ReauthView
-from tests.clock import Clock
+from tests.support.clock import Clock
 
 URLCONF = __name__
 
