@@ -67,6 +67,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from hardened_sessions import keys
 from hardened_sessions.exceptions import SessionRotationFailed, SessionStoreUnavailable
+from hardened_sessions.stores.redis_async import native_async_supported
 from tests.conftest import require_server
 from tests.support.clock import clock_at
 from tests.support.routers import SessionsAliasRouter
@@ -531,6 +532,10 @@ def test_engine_behaves_as_the_model(engine_id: str, request: pytest.FixtureRequ
         clock = stack.enter_context(clock_at(time.time()))
         faults = Faults()
         if engine_id.endswith("-async"):
+            if not native_async_supported():
+                # Not a missing server: on this redis-py the async API runs the sync
+                # policy in a thread, which the cache-redis model already checks.
+                pytest.skip("redis-py before 5.0.1: no asyncio client for the store")
             loop = EventLoop()
             stack.callback(loop.close)
             store_class = async_driven_store_class(ENGINES[engine_id][0], faults, loop)
