@@ -54,7 +54,7 @@ from hardened_sessions.backends.cache import SessionStore
 from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.stores import KEY_NAMESPACE
 from tests.support.servers import RUN_TOKEN, Server, ServerSet, sessions_cache
-from tests.support.servers_scaleout import _binary, _cluster_node_command, wait_for
+from tests.support.servers_scaleout import _binary, _cluster_node_command, slot_owner_in, wait_for
 from tests.test_failover_sentinel import (
     FULL,
     READS_COMMANDS,
@@ -210,17 +210,7 @@ class ReplicatedCluster:
     def slot_owner(self, slot: int) -> Server:
         """The primary that serves ``slot``, as the first live node's ``CLUSTER SLOTS`` says."""
         live = next(n for n in self.nodes if n.running())
-        ranges = self.command(live, "CLUSTER SLOTS")
-        by_port = {n.port: n for n in self.nodes}
-        if isinstance(ranges, dict):  # redis-py may parse the reply into a mapping
-            for (start, end), entry in ranges.items():
-                if int(start) <= slot <= int(end):
-                    return by_port[int(entry["primary"][1])]
-        else:
-            for entry in ranges:
-                if int(entry[0]) <= slot <= int(entry[1]):
-                    return by_port[int(entry[2][1])]
-        raise AssertionError(f"no node serves slot {slot}")
+        return slot_owner_in(self.command(live, "CLUSTER SLOTS"), slot, self.nodes)
 
     def migrate_slot(
         self, slot: int, source: Server, target: Server, during: Callable[[], None]

@@ -80,6 +80,20 @@ def _raw(host: str, port: int) -> Any:
 # --- Redis Cluster ----------------------------------------------------------------------
 
 
+def slot_owner_in(ranges: Any, slot: int, nodes: list[Server]) -> Server:
+    """The node of ``nodes`` that a ``CLUSTER SLOTS`` reply names as ``slot``'s primary."""
+    by_port = {node.port: node for node in nodes}
+    if isinstance(ranges, dict):  # redis-py may parse the reply into a mapping
+        for (start, end), info in ranges.items():
+            if int(start) <= slot <= int(end):
+                return by_port[int(info["primary"][1])]
+    else:
+        for entry in ranges:
+            if int(entry[0]) <= slot <= int(entry[1]):
+                return by_port[int(entry[2][1])]
+    raise AssertionError(f"no node serves slot {slot}")
+
+
 class RedisClusterHandle:
     """Three cluster primaries: their :class:`Server` handles and plain clients."""
 
@@ -130,16 +144,7 @@ class RedisClusterHandle:
             ranges = client.execute_command("CLUSTER SLOTS")
         finally:
             client.close()
-        by_port = {node.port: node for node in self.nodes}
-        if isinstance(ranges, dict):  # redis-py may parse the reply into a mapping
-            for (start, end), info in ranges.items():
-                if int(start) <= slot <= int(end):
-                    return by_port[int(info["primary"][1])]
-        else:
-            for entry in ranges:
-                if int(entry[0]) <= slot <= int(entry[1]):
-                    return by_port[int(entry[2][1])]
-        raise AssertionError(f"no node serves slot {slot}")
+        return slot_owner_in(ranges, slot, self.nodes)
 
     def owner_of(self, key: str) -> Server:
         return self.slot_owner(self.keyslot(key))
