@@ -244,7 +244,7 @@ class _Fetched:
 
 
 def _async_index(store_class: Any) -> Any | None:
-    """The native asyncio byte store behind the cache engine (Redis), or ``None`` when
+    """The asyncio byte store behind the cache engine (Redis), or ``None`` when
     the sync helper has to run in a thread: another engine, a subclass that revokes
     otherwise, or a cache with no native asyncio client. ``NotImplementedError`` where
     the cache keeps no per-user index, as the sync helpers."""
@@ -261,7 +261,10 @@ def _async_index(store_class: Any) -> Any | None:
     ):
         return None
     _indexed_store(store_class)
-    return async_store_for_cache(settings.SESSION_CACHE_ALIAS)
+    store = async_store_for_cache(settings.SESSION_CACHE_ALIAS)
+    # Only the asyncio Redis store reads the index natively; LocMemCache's inline
+    # store has the sync index only.
+    return store if hasattr(store, "user_records") else None
 
 
 async def _aindexed_sessions(store: Any, pk: str) -> tuple[list[Any], list[str]]:

@@ -454,16 +454,6 @@ def test_the_async_pool_takes_the_caches_connection_options(redis_server: Server
         assert theirs.connection_kwargs["ssl_cert_reqs"] == "none"
 
 
-def test_caches_without_a_native_async_client_get_none(
-    memcached_servers: list[Server],
-) -> None:
-    locmem = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "x"}
-    with sessions_cache(locmem) as alias:
-        assert async_store_for(alias) is None
-    with sessions_cache(cache_settings("pymemcache", memcached=memcached_servers)) as alias:
-        assert async_store_for(alias) is None
-
-
 class OwnPool(redis.ConnectionPool):
     """A pool class of the project's own: nothing says what its asyncio twin would be."""
 

@@ -232,27 +232,45 @@ _async_stores: dict[str, AsyncByteStore | None] = {}
 
 
 def async_store_for_cache(alias: str) -> AsyncByteStore | None:
-    """The native asyncio store for cache ``alias``
-    (:class:`~hardened_sessions.stores.redis_async.AsyncRedisByteStore`), or ``None``
-    when its server has no native asyncio client here: the engine's async methods
-    then run the sync store in a thread. redis-py is imported only for a Redis cache."""
+    """The async store for cache ``alias``, through which the engine's async methods
+    run their policy on the event loop: Redis through ``redis.asyncio``
+    (:class:`~hardened_sessions.stores.redis_async.AsyncRedisByteStore`; ``None`` where
+    that client cannot mirror the sync one, and the async methods then run the sync
+    ones in a thread), memcached in a bounded thread pool of its own and LocMemCache
+    inline (:mod:`.threaded`). redis-py is imported only for a Redis cache."""
     try:
         return _async_stores[alias]
     except KeyError:
         pass
-    store: AsyncByteStore | None = None
-    if kind_of(caches[alias]) == "redis":
+    store: AsyncByteStore | None
+    kind = kind_of(caches[alias])
+    if kind == "redis":
         from .redis_async import async_store_for
 
         store = async_store_for(alias)
+    else:
+        from . import threaded
+
+        sync_store: Any = store_for_cache(alias)
+        if kind == "memcached":
+            threads = sync_store.max_pool_size or threaded.DEFAULT_THREADS
+            store = threaded.ExecutorAsyncStore(sync_store, threads, name="memcached")
+        else:
+            store = threaded.InlineAsyncStore(sync_store)
     with _lock:
         return _async_stores.setdefault(alias, store)
 
 
 def reset_stores() -> None:
     with _lock:
+        retired = list(_async_stores.values())
         _stores.clear()
         _async_stores.clear()
+    from .threaded import ExecutorAsyncStore
+
+    for store in retired:  # a memcached pool's threads end once idle
+        if isinstance(store, ExecutorAsyncStore):
+            store.close(wait=False)
 
 
 @receiver(setting_changed)

@@ -182,6 +182,12 @@ class MemcachedByteStore:
             clients = self._local.clients = self._new_clients()
         return clients
 
+    @property
+    def max_pool_size(self) -> int | None:
+        """The per-server limit of pooled clients (``max_pool_size`` with
+        ``use_pooling``), or ``None`` when there is none."""
+        return self._max_pool_size
+
     def server_names(self) -> list[str]:
         """The servers in ``LOCATION`` order, named as pymemcache's ``HashClient`` names
         them (``host:port`` or a socket path)."""
