@@ -2,17 +2,20 @@
 """ASGI benchmark: async views on the cache engines under uvicorn, hardened vs stock.
 
     python bench/asgi_run.py [--quick] [--rounds N] [--duration S] [--connections 64,256]
-                             [--sizes 256,4096,40960] [--stores django-redis,django-rediscache]
+                             [--sizes 256,4096,40960]
+                             [--stores django-redis,django-rediscache,pymemcache]
                              [--out bench/results]
 
-(or ``tox -e bench-asgi -- [options]``). For each store (the Redis cache both engines
-store in: ``django-redis``, django-redis's ``RedisCache``; ``django-rediscache``,
-Django's own ``RedisCache``) two uvicorn processes run side by side, one worker each, on
-free ports of 127.0.0.1: the small project of ``bench/asgi_project`` with
-``hardened_sessions.backends.cache`` and its middleware (``hardened``), and the same
-project on ``django.contrib.sessions.backends.cache`` (``stock``). Both use the one
-Redis server this run starts on a free port, each side under a key prefix of its own
-and of this run.
+(or ``tox -e bench-asgi -- [options]``). For each store (the cache both engines store
+in: ``django-redis``, django-redis's ``RedisCache``; ``django-rediscache``, Django's own
+``RedisCache``; ``pymemcache``, Django's ``PyMemcacheCache``) two uvicorn processes run
+side by side, one worker each, on free ports of 127.0.0.1: the small project of
+``bench/asgi_project`` with ``hardened_sessions.backends.cache`` and its middleware
+(``hardened``), and the same project on ``django.contrib.sessions.backends.cache``
+(``stock``). Both use the one Redis (or memcached) server this run starts on a free
+port, each side under a key prefix of its own and of this run. On memcached the
+hardened engine's async path sends each command through its bounded thread pool
+(``hardened_sessions.stores.threaded``); stock Django's, through ``sync_to_async``.
 
 Before the rounds, each side creates ``--sessions`` sessions (default 256) per data size
 through its engine's own API (``asgi_project/prepare.py``). ``wrk`` (the C load
@@ -64,10 +67,11 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
 
-STORES = ("django-redis", "django-rediscache")
+STORES = ("django-redis", "django-rediscache", "pymemcache")
 STORE_LABELS = {
     "django-redis": "Redis (django-redis)",
     "django-rediscache": "Redis (Django's RedisCache)",
+    "pymemcache": "memcached (PyMemcacheCache)",
 }
 VARIANTS = ("hardened", "stock")
 OPS = ("read", "rmw")
@@ -168,7 +172,7 @@ def _pythonpath() -> str:
     return os.pathsep.join(paths)
 
 
-def side_env(variant: str, store: str, redis_url: str, prefix: str) -> dict[str, str]:
+def side_env(variant: str, store: str, servers: dict[str, str], prefix: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -176,7 +180,7 @@ def side_env(variant: str, store: str, redis_url: str, prefix: str) -> dict[str,
             "HS_BENCH_ASGI_VARIANT": variant,
             "HS_BENCH_ASGI_CACHE": store,
             "HS_BENCH_ASGI_PREFIX": prefix,
-            "HS_BENCH_REDIS_URL": redis_url,
+            **servers,
             "PYTHONPATH": _pythonpath(),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
@@ -324,7 +328,7 @@ class Collector:
 def run_store(
     store: str,
     args: argparse.Namespace,
-    redis_url: str,
+    servers_env: dict[str, str],
     prefix: str,
     workdir: Path,
     wrk: str,
@@ -333,7 +337,7 @@ def run_store(
     tallies: dict[str, Any],
 ) -> None:
     servers: dict[str, common.Process] = {}
-    envs = {v: side_env(v, store, redis_url, prefix) for v in VARIANTS}
+    envs = {v: side_env(v, store, servers_env, prefix) for v in VARIANTS}
     try:
         cookies: dict[str, dict[int, Path]] = {}
         for variant in VARIANTS:
@@ -668,11 +672,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(map(_size_label, args.sizes))} ===",
         flush=True,
     )
-    with common.environment(memcached=False, postgres=False, pg_database="") as env:
-        results["servers"] = {"redis": env.redis_url, "missing": env.missing}
-        if env.redis_url is None:
-            results["failed"]["redis"] = env.missing.get("redis", "no Redis")
-        else:
+    memcached = "pymemcache" in args.stores
+    with common.environment(memcached=memcached, postgres=False, pg_database="") as env:
+        results["servers"] = {
+            "redis": env.redis_url,
+            "memcached": env.memcached_address,
+            "missing": env.missing,
+        }
+        if env.missing:
+            results["failed"].update(env.missing)
+        elif env.redis_url is not None:
             import redis
 
             client = redis.Redis.from_url(env.redis_url)
@@ -684,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_store(
                         store,
                         args,
-                        env.redis_url,
+                        env.variables(),
                         prefix,
                         workdir,
                         wrk,

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
-STORES = {"django-redis", "django-rediscache"}
+STORES = {"django-redis", "django-rediscache", "pymemcache"}
 VARIANTS = {"hardened", "stock"}
 
 
@@ -37,7 +37,7 @@ def _have_program(name: str) -> bool:
 
 
 def test_bench_asgi_quick_run(tmp_path: Path) -> None:
-    for program in ("redis-server", "wrk"):
+    for program in ("redis-server", "memcached", "wrk"):
         if not _have_program(program):
             require_server(program, f"the ASGI benchmark needs {program}; it is not installed")
     for module, package in {"uvicorn": "uvicorn", "django_redis": "django-redis"}.items():

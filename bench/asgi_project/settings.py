@@ -8,9 +8,11 @@
 ``stock``
     ``django.contrib.sessions.backends.cache`` and Django's ``SessionMiddleware``.
 
-``HS_BENCH_ASGI_CACHE``: the cache both engines store in, on the Redis server named by
-``HS_BENCH_REDIS_URL``: ``django-redis`` (``django_redis.cache.RedisCache``) or
-``django-rediscache`` (Django's own ``django.core.cache.backends.redis.RedisCache``).
+``HS_BENCH_ASGI_CACHE``: the cache both engines store in: on the Redis server named by
+``HS_BENCH_REDIS_URL``, ``django-redis`` (``django_redis.cache.RedisCache``) or
+``django-rediscache`` (Django's own ``django.core.cache.backends.redis.RedisCache``); on
+the memcached server of ``HS_BENCH_MEMCACHED`` (``host:port``), ``pymemcache``
+(``PyMemcacheCache``).
 ``HS_BENCH_ASGI_PREFIX`` prefixes every key, so that runs and sides never share one.
 
 The session middleware is the only one: the figures are the session layer's cost on
@@ -27,6 +29,7 @@ CACHE = os.environ.get("HS_BENCH_ASGI_CACHE", "django-redis")
 CACHE_BACKENDS = {
     "django-redis": "django_redis.cache.RedisCache",
     "django-rediscache": "django.core.cache.backends.redis.RedisCache",
+    "pymemcache": "django.core.cache.backends.memcached.PyMemcacheCache",
 }
 if VARIANT not in ("hardened", "stock") or CACHE not in CACHE_BACKENDS:
     raise RuntimeError(f"unknown ASGI bench variant {VARIANT!r} or cache {CACHE!r}")
@@ -49,7 +52,11 @@ CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "sessions": {
         "BACKEND": CACHE_BACKENDS[CACHE],
-        "LOCATION": os.environ.get("HS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "LOCATION": (
+            os.environ.get("HS_BENCH_MEMCACHED", "127.0.0.1:11211")
+            if CACHE == "pymemcache"
+            else os.environ.get("HS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+        ),
         "KEY_PREFIX": f"{os.environ.get('HS_BENCH_ASGI_PREFIX', 'hsbench-asgi')}-{VARIANT}",
     },
 }
