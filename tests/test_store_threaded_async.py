@@ -143,6 +143,7 @@ def test_concurrent_commands_wait_side_by_side_and_within_the_bound(
 
     twin = async_store_for_cache(memcached_alias)
     assert isinstance(twin, ExecutorAsyncStore)
+    monkeypatch.setattr(twin, "_route", lambda key: 0)  # one server's pool
     monkeypatch.setattr(twin, "threads", 8)
     twin.close()
     wide = asyncio.run(eight_loads())
@@ -155,6 +156,109 @@ def test_concurrent_commands_wait_side_by_side_and_within_the_bound(
     narrow = asyncio.run(eight_loads())
     assert most == 2
     assert narrow >= 0.2 * 4 * 0.9
+
+
+def test_a_slow_server_holds_up_only_the_sessions_it_homes(
+    memcached_servers: list[Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pool per server: four slow reads on server 0 (its two threads busy) leave a
+    read of a session homed on another server as fast as ever."""
+    pooled = cache_settings(
+        "pymemcache", memcached=memcached_servers, options={"use_pooling": True, "max_pool_size": 2}
+    )
+    with (
+        sessions_cache(pooled) as alias,
+        override_settings(SESSION_ENGINE=ENGINE, SESSION_CACHE_ALIAS=alias),
+    ):
+        sync_store = store_for_cache(alias)
+        assert isinstance(sync_store, MemcachedByteStore)
+        original_get = sync_store.get
+
+        def get(key: str) -> Any:
+            if sync_store.home_of(key) == 0:
+                time.sleep(1.0)
+            return original_get(key)
+
+        monkeypatch.setattr(sync_store, "get", get)
+
+        def key_homed_on(server: int) -> str:
+            while True:
+                key = keys.generate_key()
+                if sync_store.home_of(keys.store_key(key)) == server:
+                    return key
+
+        async def scenario() -> float:
+            slow = [asyncio.create_task(engine()(key_homed_on(0)).aload()) for _ in range(4)]
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await engine()(key_homed_on(1)).aload()
+            elapsed = time.monotonic() - started
+            await asyncio.gather(*slow)
+            return elapsed
+
+        assert asyncio.run(scenario()) < 0.5
+
+
+def test_a_command_that_waited_too_long_for_a_thread_fails_closed(
+    memcached_alias: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync_store = store_for_cache(memcached_alias)
+    original_get = sync_store.get
+
+    def slow_get(key: str) -> Any:
+        time.sleep(0.5)
+        return original_get(key)
+
+    monkeypatch.setattr(sync_store, "get", slow_get)
+    twin = async_store_for_cache(memcached_alias)
+    assert isinstance(twin, ExecutorAsyncStore)
+    monkeypatch.setattr(twin, "_route", lambda key: 0)
+    monkeypatch.setattr(twin, "threads", 1)
+    monkeypatch.setattr(twin, "max_wait", 0.2)
+    twin.close()
+
+    async def scenario() -> list[Any]:
+        loads = [engine()(keys.generate_key()).aload() for _ in range(2)]
+        return await asyncio.gather(*loads, return_exceptions=True)
+
+    first, second = asyncio.run(scenario())
+    assert first == {}
+    assert isinstance(second, SessionStoreUnavailable), second
+    assert "waited" in str(second)
+
+
+def test_a_cancelled_caller_hears_of_it_once_the_command_is_over(
+    memcached_alias: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logout cancelled while its delete runs: the cancellation reaches the caller
+    only after the delete, so nothing of the session's runs on meanwhile, and the
+    record is gone by then."""
+    store_class = engine()
+    sync_store = store_for_cache(memcached_alias)
+    original_delete = sync_store.delete
+    finished: list[float] = []
+
+    def slow_delete(key: str) -> bool:
+        time.sleep(0.5)
+        try:
+            return original_delete(key)
+        finally:
+            finished.append(time.monotonic())
+
+    async def scenario() -> None:
+        session = store_class()
+        await session.aset("a", 1)
+        await session.asave()
+        key = session.session_key
+        monkeypatch.setattr(sync_store, "delete", slow_delete)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(session.aflush(), 0.1)
+        heard = time.monotonic()
+        assert finished and finished[0] <= heard
+        monkeypatch.setattr(sync_store, "delete", original_delete)
+        assert not await store_class().aexists(key)
+
+    asyncio.run(scenario())
 
 
 def test_sync_and_async_code_use_the_same_server_for_each_session(
@@ -245,9 +349,9 @@ def test_a_settings_change_retires_the_pool(memcached_alias: str) -> None:
     twin = async_store_for_cache(memcached_alias)
     assert isinstance(twin, ExecutorAsyncStore)
     asyncio.run(engine()(keys.generate_key()).aload())
-    assert twin._executor is not None
+    assert twin._executors
     with override_settings(SESSION_CACHE_ALIAS=memcached_alias):  # any setting_changed
-        assert twin._executor is None
+        assert twin._executors == {}
         assert async_store_for_cache(memcached_alias) is not twin
 
 
@@ -265,14 +369,14 @@ def test_a_forked_child_gets_a_pool_of_its_own(memcached_alias: str) -> None:
         return session.session_key
 
     key = asyncio.run(save())
-    assert twin._executor is not None
+    assert twin._executors
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: exits with 0 only if its own pool reads the session
         code = 1
         try:
             os.close(read)
-            fresh = twin._executor is None
+            fresh = twin._executors == {}
             value = asyncio.run(store_class(key).aget("who"))
             code = 0 if fresh and value == "parent" else 2
         finally:

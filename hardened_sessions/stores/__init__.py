@@ -106,9 +106,10 @@ class ByteStore(Protocol):
 
 
 class AsyncByteStore(Protocol):
-    """:class:`ByteStore`'s verbs as coroutines, for a store with a native asyncio
-    client (:mod:`.redis_async`); ``cap`` is the per-user cap of a login's write
-    (``hardened_sessions.cap``) on stores that enforce it."""
+    """:class:`ByteStore`'s verbs as coroutines, for the engine's async methods: Redis
+    through its asyncio client (:mod:`.redis_async`), memcached and LocMemCache
+    through the sync store (:mod:`.threaded`); ``cap`` is the per-user cap of a login's
+    write (``hardened_sessions.cap``) on stores that enforce it."""
 
     async def get(self, key: str) -> tuple[bytes, Handle] | None: ...
 
@@ -253,8 +254,15 @@ def async_store_for_cache(alias: str) -> AsyncByteStore | None:
 
         sync_store: Any = store_for_cache(alias)
         if kind == "memcached":
-            threads = sync_store.max_pool_size or threaded.DEFAULT_THREADS
-            store = threaded.ExecutorAsyncStore(sync_store, threads, name="memcached")
+            from .memcached import POOL_WAIT
+
+            store = threaded.ExecutorAsyncStore(
+                sync_store,
+                sync_store.max_pool_size or threaded.DEFAULT_THREADS,
+                name="memcached",
+                route=sync_store.home_of,  # one pool per server
+                max_wait=POOL_WAIT,
+            )
         else:
             store = threaded.InlineAsyncStore(sync_store)
     with _lock:

@@ -213,6 +213,11 @@ class MemcachedByteStore:
     def _key(self, key: str) -> str:
         return str(self._make_key(KEY_NAMESPACE + key))
 
+    def home_of(self, key: str) -> int:
+        """Index (in ``LOCATION`` order) of the server that holds session store key
+        ``key`` (no I/O)."""
+        return self._placement.home(self._key(key))
+
     def home(self, k: str) -> int:
         """Index (in ``LOCATION`` order) of the server that holds cache key ``k``."""
         return self._placement.home(k)
