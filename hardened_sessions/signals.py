@@ -66,8 +66,12 @@ arguments.
 from __future__ import annotations
 
 import enum
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.dispatch import Signal
 
 __all__ = [
@@ -184,4 +188,38 @@ def emit(signal: Signal, sender: Any, **kwargs: Any) -> None:
 
         metrics.count_event(_EVENTS[signal], sender, kwargs)
     if signal.has_listeners(sender):
+        pending = _pending.get()
+        if pending is not None:  # on the event loop: sent by the async driver after
+            pending.append((signal, sender, kwargs))
+        else:
+            signal.send(sender=sender, **kwargs)
+
+
+# The signals an async policy emitted on the event loop, kept for its driver to send
+# in a thread once the policy's store accesses are done (``deferred``): receivers are
+# sync code, and may use the ORM, which Django refuses on an event loop.
+_Pending = list[tuple[Signal, Any, dict[str, Any]]]
+_pending: ContextVar[_Pending | None] = ContextVar("hardened_sessions_signals", default=None)
+
+
+@asynccontextmanager
+async def deferred() -> AsyncIterator[None]:
+    """Within it, :func:`emit` keeps the signals it would send; on the way out they are
+    sent in order, by ``sync_to_async`` (thread-sensitive, as Django runs sync code),
+    also when the block raised. Nested blocks leave the sending to the outermost."""
+    if _pending.get() is not None:
+        yield
+        return
+    events: _Pending = []
+    token = _pending.set(events)
+    try:
+        yield
+    finally:
+        _pending.reset(token)
+        if events:
+            await sync_to_async(_send_all)(events)
+
+
+def _send_all(events: _Pending) -> None:
+    for signal, sender, kwargs in events:
         signal.send(sender=sender, **kwargs)

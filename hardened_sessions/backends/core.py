@@ -31,7 +31,7 @@ from ..buffers import BufferPool, default_pool
 from ..conf import Config, get_config
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
-from ..signals import Reason, emit, session_rejected
+from ..signals import Reason, deferred, emit, session_rejected
 from ..stores.token import Handle, Token
 from .mapping import SessionMapping
 
@@ -238,7 +238,12 @@ class EngineCore(SessionMapping):
     async def _adrive(self, steps: Steps[T]) -> T:
         """Run a policy with the async primitives (``native_async`` engines). A
         cancellation during a store access reaches the policy like any error, so its
-        locks and buffers are released."""
+        locks and buffers are released. The signals the policy emits are sent in a
+        thread once it is done (:func:`~hardened_sessions.signals.deferred`)."""
+        async with deferred():
+            return await self._adrive_steps(steps)
+
+    async def _adrive_steps(self, steps: Steps[T]) -> T:
         answer: Any = None
         error: BaseException | None = None
         while True:

@@ -108,6 +108,10 @@ class RotatingSession(SavingSession):
             try:
                 yield from self._create_steps()
             except Exception as exc:
+                if self._session_key is not None:
+                    # The new record is stored and this session holds it: what failed
+                    # came after (a session_rotated receiver), not the rotation.
+                    raise
                 # The old record is gone: whatever stopped the new one (the store, the
                 # random source, data another thread made too large meanwhile), the
                 # session must not keep data it can no longer be trusted to hold.
