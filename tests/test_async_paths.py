@@ -67,3 +67,36 @@ def test_djangos_async_orm_still_runs_each_query_in_a_thread() -> None:
     for name in ("aget", "acreate", "aupdate", "adelete", "aexists"):
         source = inspect.getsource(getattr(QuerySet, name))
         assert "sync_to_async" in source, f"QuerySet.{name} no longer hops: revisit the db path"
+
+
+def test_a_subclass_overriding_a_sync_primitive_alone_hops(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A project's engine that changes ``_remove`` (say, to audit deletes) but not
+    ``_aremove``: its async methods must still go through the override."""
+    base_class = import_module("hardened_sessions.backends.cache").SessionStore
+    removed: list[str] = []
+
+    class Audited(base_class):  # type: ignore[misc,valid-type]
+        def _remove(self, store_key: str) -> bool:
+            removed.append(store_key)
+            return bool(super()._remove(store_key))
+
+    class AuditedBoth(Audited):
+        async def _aremove(self, store_key: str) -> bool:
+            removed.append("async:" + store_key)
+            return bool(await super()._aremove(store_key))
+
+    with variant_cache("locmem", request) as alias, override_settings(SESSION_CACHE_ALIAS=alias):
+        assert not Audited().native_async
+        assert AuditedBoth().native_async
+
+        async def logout(store_class: Any) -> None:
+            session = store_class()
+            await session.aset("a", 1)
+            await session.asave()
+            await session.aflush()
+
+        asyncio.run(logout(Audited))
+        asyncio.run(logout(AuditedBoth))
+    assert len(removed) == 2 and removed[1].startswith("async:"), removed

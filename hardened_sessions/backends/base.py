@@ -24,10 +24,11 @@ session is trustworthy lives here, once:
 * ``cycle_key`` deletes the old record first and fails closed;
 * a store failure is remembered for the rest of the request.
 
-Async: on engines whose store has a native async client (``native_async``: the
-cache engine on Redis), ``aload``, ``asave`` and the others run the same policy
-with the async primitives, in the event loop, with no thread hop; elsewhere they
-run the sync methods in a thread (``sync_to_async``), as Django's engines do.
+Async: on engines with async primitives (``native_async``: the cache engine),
+``aload``, ``asave`` and the others run the same policy with the async primitives,
+on the event loop, and the signals it emits are sent in a thread once it is done;
+elsewhere (db, cached_db) they run the sync methods in a thread (``sync_to_async``),
+as Django's engines do (docs/engines.rst, "Async").
 
 Thread safety: in-memory reads and writes, and the snapshot a save encodes,
 hold the session's lock; store I/O happens outside it, and it is never held

@@ -47,15 +47,35 @@ def _cap_kwargs(cap: UserCap | None) -> dict[str, Any]:
     return {} if cap is None else {"cap": cap}
 
 
+_PRIMITIVES = ("_read", "_write_new", "_write_update", "_remove", "_read_for_update")
+_intact: dict[type, bool] = {}
+
+
+def _twins_intact(cls: type) -> bool:
+    """False when ``cls`` overrides a sync primitive of the cache engine but not its
+    async twin (``_read`` but not ``_aread``...): the async path would skip the
+    override."""
+    known = _intact.get(cls)
+    if known is None:
+        known = _intact[cls] = not any(
+            getattr(cls, name) is not getattr(SessionStore, name)
+            and getattr(cls, "_a" + name[1:]) is getattr(SessionStore, "_a" + name[1:])
+            for name in _PRIMITIVES
+        )
+    return known
+
+
 class SessionStore(HardenedSessionBase):
-    """The cache engine. Under ASGI, on Redis (not memcached or LocMemCache), its
-    async methods talk to Redis through ``redis.asyncio``
-    (:mod:`hardened_sessions.stores.redis_async`): no thread hop."""
+    """The cache engine. Its async methods run the policy on the event loop: on Redis
+    through ``redis.asyncio`` (:mod:`hardened_sessions.stores.redis_async`), on
+    memcached with each command in a bounded pool of threads and on LocMemCache inline
+    (:mod:`hardened_sessions.stores.threaded`); docs/engines.rst, "Async"."""
 
     def __init__(self, session_key: str | None = None) -> None:
         alias = settings.SESSION_CACHE_ALIAS
         self._store: ByteStore = store_for_cache(alias)
-        # redis.asyncio's store (stores/redis_async.py), or None: then async code hops.
+        # The async store (stores/redis_async.py, stores/threaded.py), or None (Redis
+        # options the asyncio client cannot mirror): then the async methods hop.
         self._astore: AsyncByteStore | None = async_store_for_cache(alias)
         super().__init__(session_key)
 
@@ -72,7 +92,10 @@ class SessionStore(HardenedSessionBase):
 
     @property
     def native_async(self) -> bool:
-        return self._astore is not None
+        """Whether the async methods run the policy on the event loop: the cache has an
+        async store, and no subclass changed a sync primitive without its async twin
+        (those run the sync methods in a thread, overrides included)."""
+        return self._astore is not None and _twins_intact(type(self))
 
     def _read(self, store_key: str) -> tuple[bytes, Handle] | None:
         return self._store.get(store_key)
