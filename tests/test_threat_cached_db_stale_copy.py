@@ -369,6 +369,54 @@ def test_a_deleted_session_is_not_put_back_by_a_concurrent_load(
     assert SessionStore(key).load() == {}
 
 
+def test_a_logout_between_a_saves_commit_and_its_copy_leaves_no_copy(
+    raw_session_cache: RawCache,
+) -> None:
+    """A save commits its row; before it puts the record's copy in the cache, another
+    request logs the session out (or a login of the same user ends it at the cap):
+    the copy must not land, or the ended session loads from the cache until it
+    expires."""
+    session = logged_in({"_auth_user_id": "7"})
+    key = session.session_key
+    saving = SessionStore(key)
+    saving["cart"] = 1
+    saving._cache = AfterUpdate(saving._cache, lambda: SessionStore(key).delete())
+    saving.save()
+
+    gone_everywhere(key, raw_session_cache)
+
+
+class AfterUpdate:
+    """Wraps a saving session's cache store: runs ``other`` once the save's ``UPDATE``
+    has committed, right before the save writes the cache again (whatever it writes:
+    the moment is the same)."""
+
+    def __init__(self, store: Any, other: Callable[[], None]) -> None:
+        self._store = store
+        self._other = other
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def _before(self) -> None:
+        # The saved session is the only row; the save's UPDATE moves it past version 1.
+        if HardenedSession.objects.filter(version__gt=1).exists():
+            other, self._other = self._other, lambda: None
+            other()
+
+    def add(self, *args: Any, **kwargs: Any) -> Any:
+        self._before()
+        return self._store.add(*args, **kwargs)
+
+    def cas(self, *args: Any, **kwargs: Any) -> Any:
+        self._before()
+        return self._store.cas(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        self._before()
+        return self._store.delete(*args, **kwargs)
+
+
 # --- the database is the truth -------------------------------------------------------------
 
 

@@ -15,10 +15,13 @@ records, and every copy is checked like the original on load.
   logout got in between) leaves only its marker, which never loads a session. (A
   copy added first and deleted when the re-check disagreed stayed, and kept loading
   a logged-out session, whenever that delete failed.)
-* save: the cached copy is deleted (if the cache can't, the save fails before
-  anything changed), then the version-checked ``UPDATE``, then the new record
-  is added to the cache; what a concurrent load put there meanwhile (its fill
-  marker) is dropped, so that load's copy never lands;
+* save: the cached copy is deleted and a fill marker of the save's own added (if
+  the cache can't, the save fails before anything changed), then the
+  version-checked ``UPDATE``, then the new record replaces that marker (compare-and-
+  set): a logout or revoke that deleted the row after the ``UPDATE`` committed
+  deleted the marker too, so no copy of the ended session lands; what a concurrent
+  load put there meanwhile (its fill marker or copy) is dropped, so that load's copy
+  never lands;
 * delete: cache delete (abort with ``SessionStoreUnavailable`` if it fails),
   then the row, then the cache again: never a success while a cached copy
   still loads. (Stock Django deletes the row first and ignores a failing cache
@@ -162,8 +165,13 @@ class SessionStore(DBStore):
         self, store_key: str, data: memoryview, rec: Record, token: Token
     ) -> Token | None:
         # Drop the copy first: if the cache can't, nothing has changed yet and the save
-        # fails; a copy of the old version can never outlive this save.
+        # fails; a copy of the old version can never outlive this save. A fill marker
+        # of this save's own takes its place until the new copy replaces it, so that a
+        # logout or revoke deleting the row after the UPDATE commits (which deletes the
+        # marker too) leaves no copy: the copy lands only over the marker.
         self._cache.delete(store_key)
+        marker_version, marker = fill_marker()
+        held = self._cache.add(store_key, memoryview(marker), FILL_MARKER_TTL, marker_version)
         new_token = super()._write_update(store_key, data, rec, token)
         if new_token is not None:
             # In a caller's transaction, once it commits (``data`` is the engine's
@@ -172,14 +180,29 @@ class SessionStore(DBStore):
             if connections[self._db_write()].in_atomic_block:
                 value = memoryview(bytes(data))
 
-            def add() -> None:
-                if self._cache.add(store_key, value, ttl_for(rec), rec.version) is None:
-                    # A concurrent load's fill marker or copy: drop it, so that no older
-                    # copy stays.
-                    self._cache.delete(store_key)
+            def place() -> None:
+                if held is not None and self._land(store_key, value, rec, held):
+                    return
+                # A concurrent load's fill marker or copy took the place (our marker
+                # was never added, or expired in a long transaction): drop it, so
+                # that no older copy stays. A failure here fails the save (503).
+                self._cache.delete(store_key)
 
-            self._after_commit(add)
+            self._after_commit(place)
         return new_token
+
+    def _land(self, store_key: str, value: memoryview, rec: Record, held: Token) -> bool:
+        """The save's copy over its own marker; False when the marker is gone. A
+        failing cache leaves the marker, which never loads: the copy is only an
+        optimisation."""
+        try:
+            landed = self._cache.cas(
+                store_key, value, ttl_for(rec), held, rec.version, head=version_head(held.version)
+            )
+        except SessionStoreUnavailable:
+            logger.info("Could not cache session %s….", hash_prefix(store_key))
+            return True
+        return landed is not None
 
     def _remove(self, store_key: str) -> bool:
         self._cache.delete(store_key)  # raises SessionStoreUnavailable: nothing changed yet
