@@ -3,13 +3,16 @@
 As the sync store's (:mod:`.redis_clients`):
 
 * Django's ``RedisCache``: the first ``LOCATION`` URL and ``OPTIONS`` as
-  :func:`.redis_clients.django_pool_settings` reads them, with the asyncio twin of
-  ``pool_class`` (``ConnectionPool`` or ``BlockingConnectionPool``);
+  :func:`.redis_clients.django_pool_settings` reads them, on redis.asyncio's
+  ``BlockingConnectionPool`` (for ``pool_class`` ``ConnectionPool``, the default, it
+  waits up to :data:`POOL_TIMEOUT` s for a free connection, and holds at most the
+  cache's ``max_connections``, else :data:`DEFAULT_MAX_CONNECTIONS`; for
+  ``BlockingConnectionPool``, with the cache's own options);
 * django-redis (``DefaultClient`` and its subclasses, ``SentinelClient``): the primary
   URL, with the options django-redis's own connection factory reads
   (``make_connection_params``: ``PASSWORD``, ``USERNAME``, ``SOCKET_TIMEOUT``,
-  ``SOCKET_CONNECT_TIMEOUT``) and ``CONNECTION_POOL_KWARGS``, on the asyncio twin of
-  ``CONNECTION_POOL_CLASS``; with ``SentinelConnectionFactory``, a
+  ``SOCKET_CONNECT_TIMEOUT``) and ``CONNECTION_POOL_KWARGS``, on the pool chosen as
+  above from ``CONNECTION_POOL_CLASS``; with ``SentinelConnectionFactory``, a
   ``redis.asyncio.sentinel.Sentinel`` on ``SENTINELS`` (``SENTINEL_KWARGS``) and its
   ``SentinelConnectionPool`` for the service the URL names;
 * :class:`hardened_sessions.redis_cluster.RedisClusterCache`:
@@ -76,6 +79,14 @@ def _async_options(options: dict[str, Any]) -> dict[str, Any] | None:
     return options
 
 
+#: The asyncio pool's size when the cache sets no ``max_connections`` (redis-py 7's
+#: default for a pool; older releases had none), and how long a command waits for a
+#: free connection (redis-py's ``BlockingConnectionPool`` default) before it fails
+#: closed (503).
+DEFAULT_MAX_CONNECTIONS = 100
+POOL_TIMEOUT = 20
+
+
 def _plain_redis(pool_class: Any, url: str, options: dict[str, Any]) -> Connect | None:
     import redis.asyncio
 
@@ -83,6 +94,14 @@ def _plain_redis(pool_class: Any, url: str, options: dict[str, Any]) -> Connect 
     kwargs = _async_options(options)
     if cls is None or kwargs is None:
         return None
+    if cls is redis.asyncio.ConnectionPool:
+        # A plain pool that is exhausted fails every further command at once: under
+        # ASGI, with more requests in flight than connections, a burst of 503s. On the
+        # event loop a command can wait for a free connection holding no thread, so
+        # the asyncio pool blocks, bounded (docs/engines.rst, "Asyncio store for Redis").
+        cls = redis.asyncio.BlockingConnectionPool
+        kwargs.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+        kwargs.setdefault("timeout", POOL_TIMEOUT)
 
     def connect() -> tuple[Any, list[Any]]:
         return redis.asyncio.Redis(connection_pool=cls.from_url(url, **kwargs)), []
