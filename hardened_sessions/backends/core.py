@@ -184,12 +184,15 @@ class EngineCore(SessionMapping):
         """The record as last loaded or saved (metadata included), or ``None``."""
         return self._record
 
-    def _io(self, operation: Callable[..., T], *args: Any) -> T:
+    def _refuse_after_failure(self) -> None:
         # One failed store access per request: after it, every further access fails
         # at once instead of waiting on the store again for each request.user lookup.
         failure = self._store_failure
         if failure is not None:
             raise SessionStoreUnavailable(str(failure)) from failure
+
+    def _io(self, operation: Callable[..., T], *args: Any) -> T:
+        self._refuse_after_failure()
         try:
             if self.config.metrics:  # the only cost of metrics when off
                 from .. import metrics
@@ -264,9 +267,7 @@ class EngineCore(SessionMapping):
 
     async def _aio(self, primitive: str, args: tuple[Any, ...]) -> Any:
         """:meth:`_io` for an async primitive."""
-        failure = self._store_failure
-        if failure is not None:
-            raise SessionStoreUnavailable(str(failure)) from failure
+        self._refuse_after_failure()
         operation = getattr(self, "_a" + primitive)
         try:
             if self.config.metrics:
