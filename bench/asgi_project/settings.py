@@ -48,6 +48,15 @@ DATABASES: dict[str, dict[str, Any]] = {
     "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 }
 
+# Room for a connection per request in flight on both sides (256 connections): stock
+# Django's cache runs each request's ``aget`` in a thread of that request, each with a
+# connection of its own, and redis-py 7's default pool of 100 answers the others with
+# errors (500s).
+_POOL_OPTIONS: dict[str, dict[str, Any]] = {
+    "django-redis": {"CONNECTION_POOL_KWARGS": {"max_connections": 512}},
+    "django-rediscache": {"max_connections": 512},
+}
+
 CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     "sessions": {
@@ -58,6 +67,7 @@ CACHES: dict[str, dict[str, Any]] = {
             else os.environ.get("HS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
         ),
         "KEY_PREFIX": f"{os.environ.get('HS_BENCH_ASGI_PREFIX', 'hsbench-asgi')}-{VARIANT}",
+        "OPTIONS": _POOL_OPTIONS.get(CACHE, {}),
     },
 }
 SESSION_CACHE_ALIAS = "sessions"
