@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test import override_settings
 
 from hardened_sessions import record
@@ -384,6 +384,72 @@ def test_a_logout_between_a_saves_commit_and_its_copy_leaves_no_copy(
     saving.save()
 
     gone_everywhere(key, raw_session_cache)
+
+
+def test_a_logout_between_a_commit_and_its_copy_leaves_no_copy_inside_a_transaction(
+    raw_session_cache: RawCache,
+) -> None:
+    """The same, with the save inside the caller's transaction (its copy is written when
+    the transaction commits)."""
+    session = logged_in({"_auth_user_id": "7"})
+    key = session.session_key
+    saving = SessionStore(key)
+    saving["cart"] = 1
+    saving._cache = AfterUpdate(saving._cache, lambda: SessionStore(key).delete())
+    with transaction.atomic():
+        saving.save()
+
+    gone_everywhere(key, raw_session_cache)
+
+
+def test_a_cap_trim_between_a_commit_and_its_copy_leaves_no_copy(
+    raw_session_cache: RawCache,
+) -> None:
+    """With ``MAX_SESSIONS_PER_USER = 1`` a login elsewhere ends the session being saved,
+    between the save's commit and its copy."""
+    with override_settings(HARDENED_SESSIONS={"MAX_SESSIONS_PER_USER": 1}):
+        session = logged_in({"_auth_user_id": "7"})
+        key = session.session_key
+
+        def login_elsewhere() -> None:
+            other = SessionStore()
+            other["_auth_user_id"] = "7"
+            other.save()
+
+        saving = SessionStore(key)
+        saving["cart"] = 1
+        saving._cache = AfterUpdate(saving._cache, login_elsewhere)
+        saving.save()
+
+        gone_everywhere(key, raw_session_cache)
+
+
+def test_a_save_whose_copy_fails_after_its_marker_was_replaced_leaves_no_older_copy(
+    raw_session_cache: RawCache,
+) -> None:
+    """Between the save's marker and its commit a load put the older record's copy in
+    the marker's place (the marker expired in a long transaction, or a fill deleted it);
+    then the cache fails the save's compare-and-set. The older copy must not stay: the
+    save deletes it, or fails (503)."""
+    session = logged_in({"_auth_user_id": "7", "sudo": True})
+    key = session.session_key
+    cache_key = raw_session_cache.key(store_key(key))
+    older = raw_session_cache.get(cache_key)
+    assert older is not None
+
+    class ReplacedThenFailing(AfterUpdate):
+        def cas(self, *args: Any, **kwargs: Any) -> Any:
+            raw_session_cache.delete(cache_key)  # the marker ...
+            raw_session_cache.set(cache_key, older)  # ... gave way to the older copy
+            raise SessionStoreUnavailable("the cache failed the compare-and-set")
+
+    saving = SessionStore(key)
+    del saving["sudo"]
+    saving._cache = ReplacedThenFailing(saving._cache, lambda: None)
+    with suppress(SessionStoreUnavailable):
+        saving.save()
+
+    assert SessionStore(key).load() == {"_auth_user_id": "7"}
 
 
 class AfterUpdate:

@@ -183,25 +183,27 @@ class SessionStore(DBStore):
             def place() -> None:
                 if held is not None and self._land(store_key, value, rec, held):
                     return
-                # A concurrent load's fill marker or copy took the place (our marker
-                # was never added, or expired in a long transaction): drop it, so
-                # that no older copy stays. A failure here fails the save (503).
+                # Our marker is gone (a logout, revoke or other save deleted it; it
+                # expired in a long transaction) or was never added, or the cache
+                # failed: whatever is there now (a concurrent load's marker or copy,
+                # maybe of an older version) is dropped, so that no older copy
+                # stays. A failure here fails the save (503).
                 self._cache.delete(store_key)
 
             self._after_commit(place)
         return new_token
 
     def _land(self, store_key: str, value: memoryview, rec: Record, held: Token) -> bool:
-        """The save's copy over its own marker; False when the marker is gone. A
-        failing cache leaves the marker, which never loads: the copy is only an
-        optimisation."""
+        """The save's copy over its own marker; False when the marker is gone or the
+        cache failed: the caller then deletes what is there (the marker may have given
+        way to an older copy before the commit, a marker never outlives 5 s)."""
         try:
             landed = self._cache.cas(
                 store_key, value, ttl_for(rec), held, rec.version, head=version_head(held.version)
             )
         except SessionStoreUnavailable:
             logger.info("Could not cache session %s….", hash_prefix(store_key))
-            return True
+            return False
         return landed is not None
 
     def _remove(self, store_key: str) -> bool:
