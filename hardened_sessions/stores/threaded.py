@@ -71,7 +71,50 @@ def _one_lane(key: str) -> int:
     return 0
 
 
-class ExecutorAsyncStore:
+class _AsyncVerbs:
+    """:class:`~hardened_sessions.stores.AsyncByteStore`'s verbs over the sync
+    ``store``, each run by ``_run`` (``key`` names the session, for routing)."""
+
+    store: Any
+
+    async def _run(self, key: str, verb: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        raise NotImplementedError
+
+    async def get(self, key: str) -> tuple[bytes, Handle] | None:
+        return await self._run(key, self.store.get, key)
+
+    async def add(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        version: int,
+        user: str | None = None,
+        **cap: Any,
+    ) -> Token | None:
+        return await self._run(key, self.store.add, key, value, ttl, version, user, **cap)
+
+    async def cas(
+        self,
+        key: str,
+        value: memoryview,
+        ttl: int,
+        token: Token,
+        version: int,
+        user: str | None = None,
+        *,
+        head: bytes,
+        **cap: Any,
+    ) -> Token | None:
+        return await self._run(
+            key, self.store.cas, key, value, ttl, token, version, user, head=head, **cap
+        )
+
+    async def delete(self, key: str) -> bool:
+        return await self._run(key, self.store.delete, key)
+
+
+class ExecutorAsyncStore(_AsyncVerbs):
     """The verbs of the sync ``store`` as coroutines, each run in the pool of the lane
     ``route(key)`` names (``threads`` threads each), with the caller's context variables
     (as ``sync_to_async`` passes them), so log filters and the like see the request's
@@ -132,39 +175,6 @@ class ExecutorAsyncStore:
                 await asyncio.wait([future])
             raise
 
-    async def get(self, key: str) -> tuple[bytes, Handle] | None:
-        return await self._run(key, self.store.get, key)
-
-    async def add(
-        self,
-        key: str,
-        value: memoryview,
-        ttl: int,
-        version: int,
-        user: str | None = None,
-        **cap: Any,
-    ) -> Token | None:
-        return await self._run(key, self.store.add, key, value, ttl, version, user, **cap)
-
-    async def cas(
-        self,
-        key: str,
-        value: memoryview,
-        ttl: int,
-        token: Token,
-        version: int,
-        user: str | None = None,
-        *,
-        head: bytes,
-        **cap: Any,
-    ) -> Token | None:
-        return await self._run(
-            key, self.store.cas, key, value, ttl, token, version, user, head=head, **cap
-        )
-
-    async def delete(self, key: str) -> bool:
-        return await self._run(key, self.store.delete, key)
-
     def close(self, *, wait: bool = True) -> None:
         """Stop the pools' threads once their commands are done (settings changed,
         shutdown). A later command starts a new pool."""
@@ -174,41 +184,11 @@ class ExecutorAsyncStore:
             executor.shutdown(wait=wait)
 
 
-class InlineAsyncStore:
+class InlineAsyncStore(_AsyncVerbs):
     """The verbs of an in-process sync ``store`` as coroutines that call it directly."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
 
-    async def get(self, key: str) -> tuple[bytes, Handle] | None:
-        return self.store.get(key)  # type: ignore[no-any-return]
-
-    async def add(
-        self,
-        key: str,
-        value: memoryview,
-        ttl: int,
-        version: int,
-        user: str | None = None,
-        **cap: Any,
-    ) -> Token | None:
-        return self.store.add(key, value, ttl, version, user, **cap)  # type: ignore[no-any-return]
-
-    async def cas(
-        self,
-        key: str,
-        value: memoryview,
-        ttl: int,
-        token: Token,
-        version: int,
-        user: str | None = None,
-        *,
-        head: bytes,
-        **cap: Any,
-    ) -> Token | None:
-        return self.store.cas(  # type: ignore[no-any-return]
-            key, value, ttl, token, version, user, head=head, **cap
-        )
-
-    async def delete(self, key: str) -> bool:
-        return self.store.delete(key)  # type: ignore[no-any-return]
+    async def _run(self, key: str, verb: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return verb(*args, **kwargs)
