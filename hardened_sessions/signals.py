@@ -65,9 +65,10 @@ arguments.
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any
 
@@ -189,24 +190,26 @@ def emit(signal: Signal, sender: Any, **kwargs: Any) -> None:
         metrics.count_event(_EVENTS[signal], sender, kwargs)
     if signal.has_listeners(sender):
         pending = _pending.get()
-        if pending is not None:  # on the event loop: sent by the async driver after
+        if pending is not None:  # inside a policy: its driver sends it at the end
             pending.append((signal, sender, kwargs))
         else:
             signal.send(sender=sender, **kwargs)
 
 
-# The signals an async policy emitted on the event loop, kept for its driver to send
-# in a thread once the policy's store accesses are done (``deferred``): receivers are
-# sync code, and may use the ORM, which Django refuses on an event loop.
+# The signals a policy emitted, kept for its driver to send once the policy's store
+# accesses are done (``deferred``/``adeferred``): every receiver then sees a finished
+# operation (a rotation's new record stored, the session on its new key), on both
+# paths; and on the async one the receivers, sync code that may use the ORM (which
+# Django refuses on an event loop), run in a thread.
 _Pending = list[tuple[Signal, Any, dict[str, Any]]]
 _pending: ContextVar[_Pending | None] = ContextVar("hardened_sessions_signals", default=None)
 
 
-@asynccontextmanager
-async def deferred() -> AsyncIterator[None]:
+@contextmanager
+def deferred() -> Iterator[None]:
     """Within it, :func:`emit` keeps the signals it would send; on the way out they are
-    sent in order, by ``sync_to_async`` (thread-sensitive, as Django runs sync code),
-    also when the block raised. Nested blocks leave the sending to the outermost."""
+    sent in order, also when the block raised (its exception wins over a receiver's).
+    Nested blocks leave the sending to the outermost."""
     if _pending.get() is not None:
         yield
         return
@@ -214,12 +217,56 @@ async def deferred() -> AsyncIterator[None]:
     token = _pending.set(events)
     try:
         yield
-    finally:
+    except BaseException:
         _pending.reset(token)
-        if events:
-            await sync_to_async(_send_all)(events)
+        with suppress(Exception):
+            _send_all(events)
+        raise
+    _pending.reset(token)
+    _send_all(events)
+
+
+@asynccontextmanager
+async def adeferred() -> AsyncIterator[None]:
+    """:func:`deferred` for async code: the signals are sent by ``sync_to_async``
+    (thread-sensitive, as Django runs sync code). A cancellation while they are being
+    sent waits for the send to finish, so none is lost or sent after the caller moved on."""
+    if _pending.get() is not None:
+        yield
+        return
+    events: _Pending = []
+    token = _pending.set(events)
+    try:
+        yield
+    except BaseException:
+        _pending.reset(token)
+        with suppress(Exception):
+            await _asend_all(events)
+        raise
+    _pending.reset(token)
+    await _asend_all(events)
+
+
+async def _asend_all(events: _Pending) -> None:
+    if not events:
+        return
+    sending = asyncio.ensure_future(sync_to_async(_send_all)(events))
+    try:
+        await asyncio.shield(sending)
+    except asyncio.CancelledError:
+        await asyncio.wait([sending])
+        raise
 
 
 def _send_all(events: _Pending) -> None:
+    """Send every signal, then raise the first receiver error, if any: one failing
+    receiver does not keep the others from hearing of a finished operation."""
+    first: Exception | None = None
     for signal, sender, kwargs in events:
-        signal.send(sender=sender, **kwargs)
+        try:
+            signal.send(sender=sender, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- raised below, once all are sent
+            if first is None:
+                first = exc
+    if first is not None:
+        raise first

@@ -22,6 +22,7 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from hardened_sessions import signals
+from hardened_sessions.capabilities import Capability
 from hardened_sessions.exceptions import SessionRotationFailed
 from tests.support.servers import variant_cache
 
@@ -134,3 +135,86 @@ def test_a_receiver_failing_after_a_rotation_leaves_the_session_on_its_new_recor
     assert session["a"] == 1
     assert cache_engine(new_key).load() == {"a": 1}  # the session holds the stored record
     assert not cache_engine().exists(old_key)
+
+
+def test_a_cancellation_while_signals_are_sent_waits_for_them(cache_engine: Any) -> None:
+    """A request cancelled (the client went away) while its save's signals are being
+    sent: the receivers still all run, and before the cancellation reaches the caller."""
+    import threading
+    import time
+
+    heard: list[str] = []
+    started = threading.Event()
+
+    def slow_receiver(sender: Any, **kwargs: Any) -> None:
+        started.set()
+        time.sleep(0.3)
+        heard.append(kwargs["reason"].value)
+
+    signals.session_created.connect(slow_receiver, weak=False)
+    try:
+
+        async def scenario() -> None:
+            session = cache_engine()
+            await session.aset("a", 1)
+            task = asyncio.ensure_future(session.asave())
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert heard == ["created"]  # sent in full before the caller heard
+
+        asyncio.run(scenario())
+    finally:
+        signals.session_created.disconnect(slow_receiver)
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_raising_receiver_does_not_keep_the_others_from_hearing(
+    cache_engine: Any, path: str
+) -> None:
+    """With ``MAX_SESSIONS_PER_USER = 1`` a rotation into a user ends the user's other
+    session (``session_revoked``, CAP) and starts the new one (``session_rotated``). A
+    CAP receiver that raises: the rotation is done all the same (the session on its new
+    record, no phantom), the rotation's signal is still sent, and the receiver's error
+    reaches the caller, on both paths."""
+
+    if Capability.USER_CAP not in cache_engine.capabilities():
+        pytest.skip("memcached does not enforce MAX_SESSIONS_PER_USER (W402)")
+
+    class AuditDown(Exception):
+        pass
+
+    heard: list[str] = []
+
+    def cap_receiver(sender: Any, **kwargs: Any) -> None:
+        if kwargs["reason"] == signals.Reason.CAP:
+            raise AuditDown("the audit log is down")
+
+    def rotated(sender: Any, **kwargs: Any) -> None:
+        heard.append("rotated")
+
+    with override_settings(HARDENED_SESSIONS={"MAX_SESSIONS_PER_USER": 1}):
+        other = cache_engine()
+        other["_auth_user_id"] = "7"
+        other.save()
+        session = cache_engine()
+        session["a"] = 1
+        session.save()
+        signals.session_revoked.connect(cap_receiver, weak=False)
+        signals.session_rotated.connect(rotated, weak=False)
+        try:
+            session["_auth_user_id"] = "7"
+            with pytest.raises(AuditDown):
+                if path == "sync":
+                    session.cycle_key()
+                else:
+                    asyncio.run(session.acycle_key())
+        finally:
+            signals.session_revoked.disconnect(cap_receiver)
+            signals.session_rotated.disconnect(rotated)
+        assert heard == ["rotated"]
+        assert not session.rotation_failed
+        assert cache_engine(session.session_key).load() == {"a": 1, "_auth_user_id": "7"}
+        assert not cache_engine().exists(other.session_key)

@@ -31,7 +31,7 @@ from ..buffers import BufferPool, default_pool
 from ..conf import Config, get_config
 from ..exceptions import SessionStoreUnavailable
 from ..record import Record
-from ..signals import Reason, deferred, emit, session_rejected
+from ..signals import Reason, adeferred, deferred, emit, session_rejected
 from ..stores.token import Handle, Token
 from .mapping import SessionMapping
 
@@ -219,7 +219,12 @@ class EngineCore(SessionMapping):
     # ------------------------------------------------------------------ the drivers
 
     def _drive(self, steps: Steps[T]) -> T:
-        """Run a policy with the sync primitives."""
+        """Run a policy with the sync primitives; the signals it emits are sent once it
+        is done (:func:`~hardened_sessions.signals.deferred`)."""
+        with deferred():
+            return self._drive_steps(steps)
+
+    def _drive_steps(self, steps: Steps[T]) -> T:
         answer: Any = None
         error: BaseException | None = None
         while True:
@@ -242,8 +247,8 @@ class EngineCore(SessionMapping):
         """Run a policy with the async primitives (``native_async`` engines). A
         cancellation during a store access reaches the policy like any error, so its
         locks and buffers are released. The signals the policy emits are sent in a
-        thread once it is done (:func:`~hardened_sessions.signals.deferred`)."""
-        async with deferred():
+        thread once it is done (:func:`~hardened_sessions.signals.adeferred`)."""
+        async with adeferred():
             return await self._adrive_steps(steps)
 
     async def _adrive_steps(self, steps: Steps[T]) -> T:
