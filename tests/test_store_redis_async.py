@@ -857,3 +857,33 @@ def test_the_per_user_cap_is_enforced_as_in_the_sync_store(alias: str) -> None:
         assert await twin.user_members(user) == [fourth]
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("version", "pool", "limit"),
+    [
+        ((5, 0, 1), "ConnectionPool", None),  # its blocking pool can hang: the plain one
+        ((7, 0, 0), "BlockingConnectionPool", 2**31),  # as unbounded as its plain pool
+        ((8, 1, 0), "BlockingConnectionPool", 100),  # redis-py 8's plain-pool default
+    ],
+)
+def test_the_async_pool_blocks_where_redis_py_allows_it(
+    redis_server: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    version: tuple[int, ...],
+    pool: str,
+    limit: int | None,
+) -> None:
+    if not native_async_supported():
+        pytest.skip("this redis-py has no asyncio client the store accepts")
+    from hardened_sessions.stores import redis_async
+
+    monkeypatch.setattr(redis_async, "redis_version", lambda: version)
+    name = f"hs-async-version-{RUN_TOKEN}"
+    with sessions_cache(_named("django-rediscache", redis_server, name)) as alias:
+        twin = async_store_for(alias)
+        assert twin is not None
+        theirs = run(pool_of(twin))
+        assert type(theirs) is getattr(redis.asyncio, pool)
+        if limit is not None:  # else the installed redis-py's own plain-pool default
+            assert theirs.max_connections == limit

@@ -91,15 +91,20 @@ def _cap(cap: UserCap | None) -> dict[str, Any]:
     return {} if cap is None else {"cap": cap}
 
 
-def native_async_supported() -> bool:
-    """Whether the installed redis-py has the asyncio client this store needs."""
+def redis_version() -> tuple[int, ...]:
+    """The installed redis-py's version, as numbers (``(8, 1, 0)``)."""
     import redis
 
     parts = []
     for part in str(getattr(redis, "__version__", "0")).split(".")[:3]:
         digits = "".join(c for c in part if c.isdigit())
         parts.append(int(digits or 0))
-    return tuple(parts) >= MIN_REDIS
+    return tuple(parts)
+
+
+def native_async_supported() -> bool:
+    """Whether the installed redis-py has the asyncio client this store needs."""
+    return redis_version() >= MIN_REDIS
 
 
 class AsyncRedisByteStore:

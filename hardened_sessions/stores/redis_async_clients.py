@@ -6,8 +6,9 @@ As the sync store's (:mod:`.redis_clients`):
   :func:`.redis_clients.django_pool_settings` reads them, on redis.asyncio's
   ``BlockingConnectionPool`` (for ``pool_class`` ``ConnectionPool``, the default, it
   waits up to :data:`POOL_TIMEOUT` s for a free connection, and holds at most the
-  cache's ``max_connections``, else :data:`DEFAULT_MAX_CONNECTIONS`; for
-  ``BlockingConnectionPool``, with the cache's own options);
+  cache's ``max_connections``, else redis-py's default for a plain pool; before
+  redis-py :data:`BLOCKING_POOL_FROM`, the plain pool; for ``BlockingConnectionPool``,
+  with the cache's own options);
 * django-redis (``DefaultClient`` and its subclasses, ``SentinelClient``): the primary
   URL, with the options django-redis's own connection factory reads
   (``make_connection_params``: ``PASSWORD``, ``USERNAME``, ``SOCKET_TIMEOUT``,
@@ -79,12 +80,25 @@ def _async_options(options: dict[str, Any]) -> dict[str, Any] | None:
     return options
 
 
-#: The asyncio pool's size when the cache sets no ``max_connections`` (redis-py 7's
-#: default for a pool; older releases had none), and how long a command waits for a
-#: free connection (redis-py's ``BlockingConnectionPool`` default) before it fails
-#: closed (503).
-DEFAULT_MAX_CONNECTIONS = 100
+#: How long a command waits for a free connection of the asyncio pool (redis-py's
+#: ``BlockingConnectionPool`` default) before it fails closed (503).
 POOL_TIMEOUT = 20
+#: From this redis-py on, redis.asyncio's ``BlockingConnectionPool`` connects outside its
+#: lock (checked in the sources of 5.2.1, 6.x, 7.0 and 8.1). Before, a failed connect
+#: released the connection under that same lock and the task hung until the pool's
+#: timeout, a slot lost each time: there the plain pool stays (an exhausted one
+#: answers 503 at once).
+BLOCKING_POOL_FROM = (5, 2, 1)
+#: From this redis-py on a plain pool holds at most 100 connections unless told
+#: otherwise (before: 2**31); the blocking pool takes the same default.
+FINITE_POOL_FROM = (8, 0, 0)
+
+
+def _blocking_pool_defaults(kwargs: dict[str, Any]) -> None:
+    from .redis_async import redis_version
+
+    kwargs.setdefault("max_connections", 100 if redis_version() >= FINITE_POOL_FROM else 2**31)
+    kwargs.setdefault("timeout", POOL_TIMEOUT)
 
 
 def _plain_redis(pool_class: Any, url: str, options: dict[str, Any]) -> Connect | None:
@@ -94,14 +108,15 @@ def _plain_redis(pool_class: Any, url: str, options: dict[str, Any]) -> Connect 
     kwargs = _async_options(options)
     if cls is None or kwargs is None:
         return None
-    if cls is redis.asyncio.ConnectionPool:
+    from .redis_async import redis_version
+
+    if cls is redis.asyncio.ConnectionPool and redis_version() >= BLOCKING_POOL_FROM:
         # A plain pool that is exhausted fails every further command at once: under
         # ASGI, with more requests in flight than connections, a burst of 503s. On the
         # event loop a command can wait for a free connection holding no thread, so
         # the asyncio pool blocks, bounded (docs/engines.rst, "Asyncio store for Redis").
         cls = redis.asyncio.BlockingConnectionPool
-        kwargs.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
-        kwargs.setdefault("timeout", POOL_TIMEOUT)
+        _blocking_pool_defaults(kwargs)
 
     def connect() -> tuple[Any, list[Any]]:
         return redis.asyncio.Redis(connection_pool=cls.from_url(url, **kwargs)), []
