@@ -19,7 +19,7 @@ import contextvars
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import import_module
 from typing import Any
 
@@ -31,6 +31,7 @@ from hardened_sessions.exceptions import SessionStoreUnavailable
 from hardened_sessions.stores import async_store_for_cache, store_for_cache
 from hardened_sessions.stores.memcached import MemcachedByteStore
 from hardened_sessions.stores.threaded import DEFAULT_THREADS, ExecutorAsyncStore, InlineAsyncStore
+from tests.conftest import require_server
 from tests.support.servers import Server, cache_settings, sessions_cache
 
 ENGINE = "hardened_sessions.backends.cache"
@@ -295,22 +296,26 @@ def test_sync_and_async_code_use_the_same_server_for_each_session(
 
 
 def test_a_failing_server_fails_closed_on_the_async_path(
-    memcached_alias: str, monkeypatch: pytest.MonkeyPatch
+    memcached_alias: str,
+    memcached_servers: list[Server],
+    revive_servers: Callable[[Server], Server],
 ) -> None:
-    """The sync store's failure rule, reached through the pool: a server that cannot be
-    reached is a 503 (SessionStoreUnavailable) for a save, never a silent success."""
+    """The sync store's failure rule, reached through the pool: with the session's home
+    server stopped, a save and a logout are 503s (SessionStoreUnavailable), never a
+    silent success, and the failure is remembered for the rest of the request."""
     store_class = engine()
     sync_store = store_for_cache(memcached_alias)
-
-    def unreachable(*args: Any, **kwargs: Any) -> Any:
-        raise SessionStoreUnavailable("memcached 127.0.0.1:1 is failing")
+    assert isinstance(sync_store, MemcachedByteStore)
 
     async def scenario() -> None:
         session = store_class()
         await session.aset("a", 1)
         await session.asave()
-        monkeypatch.setattr(sync_store, "cas", unreachable)
-        monkeypatch.setattr(sync_store, "delete", unreachable)
+        assert session.session_key is not None
+        home = memcached_servers[sync_store.home_of(keys.store_key(session.session_key))]
+        if not home.managed:
+            require_server("memcached", "stopping a server needs servers started by the tests")
+        revive_servers(home).stop()
         await session.aset("a", 2)
         with pytest.raises(SessionStoreUnavailable):
             await session.asave()

@@ -109,8 +109,8 @@ class RotatingSession(SavingSession):
                 yield from self._create_steps()
             except Exception as exc:
                 if self._session_key is not None:
-                    # The new record is stored and this session holds it: what failed
-                    # came after (a session_rotated receiver), not the rotation.
+                    # The new record is stored and this session holds it: whatever
+                    # failed came after the rotation, which must not be undone.
                     raise
                 # The old record is gone: whatever stopped the new one (the store, the
                 # random source, data another thread made too large meanwhile), the

@@ -94,13 +94,6 @@ BLOCKING_POOL_FROM = (5, 2, 1)
 FINITE_POOL_FROM = (8, 0, 0)
 
 
-def _blocking_pool_defaults(kwargs: dict[str, Any]) -> None:
-    from .redis_async import redis_version
-
-    kwargs.setdefault("max_connections", 100 if redis_version() >= FINITE_POOL_FROM else 2**31)
-    kwargs.setdefault("timeout", POOL_TIMEOUT)
-
-
 def _plain_redis(pool_class: Any, url: str, options: dict[str, Any]) -> Connect | None:
     import redis.asyncio
 
@@ -110,13 +103,15 @@ def _plain_redis(pool_class: Any, url: str, options: dict[str, Any]) -> Connect 
         return None
     from .redis_async import redis_version
 
-    if cls is redis.asyncio.ConnectionPool and redis_version() >= BLOCKING_POOL_FROM:
+    version = redis_version()
+    if cls is redis.asyncio.ConnectionPool and version >= BLOCKING_POOL_FROM:
         # A plain pool that is exhausted fails every further command at once: under
         # ASGI, with more requests in flight than connections, a burst of 503s. On the
         # event loop a command can wait for a free connection holding no thread, so
         # the asyncio pool blocks, bounded (docs/engines.rst, "Asyncio store for Redis").
         cls = redis.asyncio.BlockingConnectionPool
-        _blocking_pool_defaults(kwargs)
+        kwargs.setdefault("max_connections", 100 if version >= FINITE_POOL_FROM else 2**31)
+        kwargs.setdefault("timeout", POOL_TIMEOUT)
 
     def connect() -> tuple[Any, list[Any]]:
         return redis.asyncio.Redis(connection_pool=cls.from_url(url, **kwargs)), []

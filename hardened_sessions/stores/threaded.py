@@ -67,10 +67,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _one_lane(key: str) -> int:
-    return 0
-
-
 class _AsyncVerbs:
     """:class:`~hardened_sessions.stores.AsyncByteStore`'s verbs over the sync
     ``store``, each run by ``_run`` (``key`` names the session, for routing)."""
@@ -126,8 +122,8 @@ class ExecutorAsyncStore(_AsyncVerbs):
         threads: int,
         *,
         name: str,
-        route: Callable[[str], int] = _one_lane,
-        max_wait: float = 20.0,
+        route: Callable[[str], int],
+        max_wait: float,
     ) -> None:
         if threads < 1:
             raise ValueError("An async store needs at least one thread per pool.")
